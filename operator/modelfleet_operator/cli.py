@@ -1,2 +1,106 @@
-"""Placeholder."""
-def main() -> None: ...
+"""`modelfleet`: the command line of the platform.
+
+Each subcommand imports its implementation only when it runs, so `modelfleet --help`
+stays fast and a machine without vLLM can still render or run the operator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from modelfleet_operator.commands.serve import serve
+
+    return serve(args.file, host=args.host, port=args.port)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from modelfleet_operator.commands.render import render
+
+    return render(args.file, image=args.image, namespace=args.namespace)
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from modelfleet_operator.commands.operator import run_operator
+
+    return run_operator(
+        namespace=args.namespace,
+        health_port=args.health_port,
+        metrics_port=args.metrics_port,
+        image=args.image,
+    )
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from modelfleet_serving.bench.cli import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="modelfleet",
+        description="Serve large language models on Kubernetes with Ray Serve and vLLM or Triton.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run a ModelDeployment on a local Ray",
+        description="Run a ModelDeployment YAML on a local Ray: the same Serve application "
+        "the operator deploys, on this machine.",
+    )
+    serve.add_argument("file", type=Path, help="ModelDeployment YAML")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (0: a free one)")
+    serve.set_defaults(func=_serve)
+
+    render = sub.add_parser(
+        "render",
+        help="print the objects the operator would create",
+        description="Print, as YAML, the Kubernetes objects the operator creates for a "
+        "ModelDeployment, from the same code the operator runs.",
+    )
+    render.add_argument("file", type=Path, help="ModelDeployment YAML")
+    render.add_argument("--image", default=None, help="default Ray image (as the operator's)")
+    render.add_argument("--namespace", default="default", help="namespace when the file has none")
+    render.set_defaults(func=_render)
+
+    op = sub.add_parser(
+        "operator",
+        help="run the Kubernetes operator",
+        description="Reconcile ModelDeployment objects into KubeRay RayServices.",
+    )
+    op.add_argument("--namespace", action="append", default=None,
+                    help="watch only this namespace (repeatable); default: all namespaces")
+    op.add_argument("--health-port", type=int, default=8080, help="liveness/readiness port")
+    op.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port")
+    op.add_argument("--image", default=None, help="default Ray image for RayServices")
+    op.set_defaults(func=_operator)
+
+    bench = sub.add_parser(
+        "bench",
+        help="load-test an OpenAI-compatible endpoint",
+        description="Send streaming requests to an OpenAI-compatible endpoint and report "
+        "TTFT, TPOT, ITL and end-to-end latency percentiles, throughput and goodput.",
+    )
+    from modelfleet_serving.bench.options import add_bench_arguments
+
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `modelfleet` console script."""
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The ModelDeployment API (group modelfleet.io), one module per version."""

@@ -1,0 +1,1 @@
+"""Implementations of the `modelfleet` subcommands (imported only when one runs)."""

@@ -1,0 +1,94 @@
+"""The one translation both the operator and `modelfleet serve` use:
+ModelDeployment spec → ServingConfig.
+
+Pure: no Kubernetes, Kopf or Ray imports.
+"""
+
+from __future__ import annotations
+
+from modelfleet_serving.config import (
+    DEFAULT_API_KEYS_ENV,
+    AutoscalingConfig,
+    EngineConfig,
+    EngineKind,
+    ModelConfig,
+    PoolConfig,
+    ServingConfig,
+    TritonConfig,
+)
+
+from modelfleet_operator.api.v1alpha1 import ModelDeployment, NodePoolSpec, Quantization
+
+
+def pool_resource_name(pool: str) -> str:
+    """The custom Ray resource a pool's worker group advertises and its replicas request.
+
+    Pinning replicas by a custom resource (rather than by GPU type) keeps each pool's
+    Serve deployment on that pool's KubeRay worker group even when two pools carry the
+    same GPU model.
+    """
+    return f"modelfleet_pool_{pool.replace('-', '_')}"
+
+
+def _pool(pool: NodePoolSpec, gpus_per_replica: int, *, in_cluster: bool) -> PoolConfig:
+    return PoolConfig(
+        name=pool.name,
+        min_replicas=pool.min_replicas,
+        max_replicas=pool.max_replicas,
+        priority=pool.priority,
+        num_gpus=gpus_per_replica if pool.gpu is not None else 0,
+        num_cpus=pool.cpu,
+        resources={pool_resource_name(pool.name): 1.0} if in_cluster else {},
+    )
+
+
+def serving_config(md: ModelDeployment, *, in_cluster: bool) -> ServingConfig:
+    """Build the Serve application's config from a ModelDeployment.
+
+    `in_cluster` adds the per-pool custom resources that only exist on the RayCluster
+    the operator renders; a local Ray has one node and no such resources.
+    """
+    spec = md.spec
+    engine = spec.engine
+    triton = None
+    if engine.triton is not None:
+        triton = TritonConfig(
+            model_name=engine.triton.model_name,
+            repository=engine.triton.repository,
+            url=engine.triton.url,
+            tokenizer=engine.triton.tokenizer,
+        )
+    engine_config = EngineConfig(
+        kind=EngineKind(engine.kind.value),
+        max_model_len=engine.max_model_len,
+        max_num_seqs=engine.max_num_seqs,
+        gpu_memory_utilization=engine.gpu_memory_utilization,
+        tensor_parallel_size=engine.tensor_parallel_size,
+        pipeline_parallel_size=engine.pipeline_parallel_size,
+        extra_args=dict(engine.extra_args),
+        triton=triton,
+        cpu_kv_cache_gib=engine.cpu_kv_cache_gib,
+    )
+    quantization = spec.model.quantization
+    return ServingConfig(
+        name=md.metadata.name,
+        model=ModelConfig(
+            source=spec.model.source,
+            served_name=spec.model.served_name,
+            quantization=None if quantization is Quantization.NONE else quantization.value,
+            dtype=spec.model.dtype,
+        ),
+        engine=engine_config,
+        pools=[
+            _pool(p, engine_config.gpus_per_replica, in_cluster=in_cluster)
+            for p in spec.node_pools
+        ],
+        autoscaling=AutoscalingConfig(
+            target_queue_depth=spec.autoscaling.target_queue_depth,
+            upscale_delay_s=spec.autoscaling.upscale_delay_seconds,
+            downscale_delay_s=spec.autoscaling.downscale_delay_seconds,
+        ),
+        max_queued_requests=spec.serving.max_queued_requests,
+        request_timeout_s=spec.serving.request_timeout_seconds,
+        api_keys_env=DEFAULT_API_KEYS_ENV if spec.serving.api_key_secret_ref else None,
+    )

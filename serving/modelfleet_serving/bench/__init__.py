@@ -1,0 +1,1 @@
+"""`modelfleet bench`: a load generator for OpenAI-compatible endpoints."""
