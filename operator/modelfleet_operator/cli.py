@@ -41,6 +41,14 @@ def _bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def _dashboards(args: argparse.Namespace) -> int:
+    from modelfleet_operator.commands.dashboards import export, push
+
+    if args.action == "export":
+        return export(args.dir)
+    return push(args.grafana_url, token=args.token, folder=args.folder)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -76,8 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the Kubernetes operator",
         description="Reconcile ModelDeployment objects into KubeRay RayServices.",
     )
-    op.add_argument("--namespace", action="append", default=None,
-                    help="watch only this namespace (repeatable); default: all namespaces")
+    op.add_argument(
+        "--namespace",
+        action="append",
+        default=None,
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
     op.add_argument("--health-port", type=int, default=8080, help="liveness/readiness port")
     op.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port")
     op.add_argument("--image", default=None, help="default Ray image for RayServices")
@@ -93,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_arguments(bench)
     bench.set_defaults(func=_bench)
+
+    dash = sub.add_parser(
+        "dashboards",
+        help="export or upload the Grafana dashboards",
+        description="Write the Grafana dashboards as JSON, or upload them into a Grafana folder.",
+    )
+    dash_sub = dash.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = dash_sub.add_parser("export", help="write the dashboards' JSON into DIR")
+    export.add_argument("dir", type=Path, help="directory to write into")
+    push = dash_sub.add_parser("push", help="upload the dashboards (idempotent)")
+    push.add_argument("--grafana-url", required=True, help="e.g. http://127.0.0.1:3000")
+    push.add_argument(
+        "--token", default=None, help="service-account token (default: $GRAFANA_TOKEN)"
+    )
+    push.add_argument("--folder", default="modelfleet", help="Grafana folder title")
+    dash.set_defaults(func=_dashboards)
     return parser
 
 

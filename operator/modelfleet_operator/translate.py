@@ -80,8 +80,7 @@ def serving_config(md: ModelDeployment, *, in_cluster: bool) -> ServingConfig:
         ),
         engine=engine_config,
         pools=[
-            _pool(p, engine_config.gpus_per_replica, in_cluster=in_cluster)
-            for p in spec.node_pools
+            _pool(p, engine_config.gpus_per_replica, in_cluster=in_cluster) for p in spec.node_pools
         ],
         autoscaling=AutoscalingConfig(
             target_queue_depth=spec.autoscaling.target_queue_depth,

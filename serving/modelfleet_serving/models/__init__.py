@@ -1,0 +1,34 @@
+"""Model sources: turning `ModelConfig.source` into something an engine can load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+BUILTIN_TINY_LLAMA = "builtin://tiny-llama"
+
+# Where the operator mounts `pvc://claim/path` sources inside the Ray pods.
+PVC_MOUNT_ROOT = "/mnt/models"
+
+
+def resolve_model_source(source: str) -> str:
+    """Return the path or Hugging Face id an engine loads for `source`.
+
+    `builtin://tiny-llama` is generated on first use; `hf://org/name` becomes the hub
+    id `org/name`; `file:///abs` the local path; `pvc://claim/path` the path under the
+    volume the operator mounts; `s3://` URIs pass through for the engine's own loader.
+    """
+    if source == BUILTIN_TINY_LLAMA:
+        from modelfleet_serving.models.tiny_llama import ensure_tiny_llama
+
+        return str(ensure_tiny_llama())
+    parsed = urlparse(source)
+    if parsed.scheme == "hf":
+        return parsed.netloc + parsed.path
+    if parsed.scheme == "file":
+        return parsed.path
+    if parsed.scheme == "pvc":
+        return str(Path(PVC_MOUNT_ROOT) / parsed.netloc / parsed.path.lstrip("/"))
+    if parsed.scheme in ("s3", ""):
+        return source
+    raise ValueError(f"unsupported model source {source!r}")

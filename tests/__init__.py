@@ -1,0 +1,1 @@
+"""modelfleet tests; a package so that helpers are imported as ``tests.<module>``."""

@@ -1,0 +1,1 @@
+"""The test cluster: a real Kubernetes control plane built from pinned Go modules."""
