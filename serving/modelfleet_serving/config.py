@@ -60,6 +60,11 @@ class TritonConfig(_Frozen):
     server_command: list[str] | None = Field(
         default=None, description="Command that starts tritonserver, before the added flags."
     )
+    metrics_url: str | None = Field(
+        default=None,
+        description="Prometheus endpoint of the server at `url` (default: its host, port "
+        "8002); unused when the replica starts its own server.",
+    )
     tokenizer: str | None = Field(
         default=None, description="Tokenizer path for chat templates and usage counts."
     )

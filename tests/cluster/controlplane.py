@@ -74,7 +74,7 @@ CONTROLLERS = (
 )
 
 # Time limits, in seconds, generous enough for a loaded two-core machine.
-READY_TIMEOUT = 120.0
+READY_TIMEOUT = 180.0
 STOP_TIMEOUT = 15.0
 KUBECTL_TIMEOUT = 120.0
 
@@ -110,10 +110,10 @@ def cache_root() -> Path:
     return (Path(base) if base else Path.home() / ".cache") / "modelfleet"
 
 
-def bin_dir(root: Path | None = None) -> Path:
-    """Where the binaries of the pinned versions live (or will live) under ``root``."""
+def bin_dir() -> Path:
+    """Where the binaries of the pinned versions live (or will live)."""
     kube, etcd = versions()
-    return (root or cache_root()) / "controlplane" / f"k8s-{kube}-etcd-{etcd}" / "bin"
+    return cache_root() / "controlplane" / f"k8s-{kube}-etcd-{etcd}" / "bin"
 
 
 def _version_ldflags(version: str) -> str:
@@ -152,22 +152,25 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _go_build(module_dir: Path, out_dir: Path, packages: Sequence[str], ldflags: str) -> None:
-    """Build ``packages`` of the wrapper module in ``module_dir`` into ``out_dir``."""
-    build_log = out_dir / f"build-{module_dir.name}.log"
-    command = [_go(), "build", "-trimpath", "-ldflags", ldflags, "-o", f"{out_dir}/", *packages]
+def _go_build(module_dir: Path, output: str, packages: Sequence[str], ldflags: str) -> None:
+    """Build ``packages`` of the wrapper module in ``module_dir``.
+
+    ``output`` is go build's ``-o``: a file name, or a directory ending in ``/`` where
+    each command gets the name of its package directory.
+    """
+    command = [_go(), "build", "-trimpath", "-ldflags", ldflags, "-o", output, *packages]
     log.info("building %s (minutes on a cold Go build cache)", " ".join(packages))
-    with build_log.open("w") as out:
-        result = subprocess.run(command, cwd=module_dir, stdout=out, stderr=subprocess.STDOUT)
+    # go build prints nothing but errors, so its output is small enough to keep in memory.
+    result = subprocess.run(command, cwd=module_dir, capture_output=True, text=True, check=False)
     if result.returncode != 0:
+        output_tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
         raise ControlPlaneError(
             f"`{' '.join(command)}` failed in {module_dir} (exit {result.returncode}):\n"
-            f"{_tail(build_log)}"
+            f"{output_tail}"
         )
-    build_log.unlink()
 
 
-def ensure_binaries(root: Path | None = None) -> Path:
+def ensure_binaries() -> Path:
     """Return the directory with etcd, kube-apiserver, kube-controller-manager and kubectl.
 
     They are built on first use only. The build goes into a temporary directory that is
@@ -175,7 +178,7 @@ def ensure_binaries(root: Path | None = None) -> Path:
     file lock makes a concurrent caller wait for the first build instead of starting a
     second one.
     """
-    target = bin_dir(root)
+    target = bin_dir()
     if all((target / name).is_file() for name in BINARIES):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -186,13 +189,17 @@ def ensure_binaries(root: Path | None = None) -> Path:
         kube_version, _ = versions()
         staging = Path(tempfile.mkdtemp(prefix="bin.tmp-", dir=target.parent))
         try:
-            _go_build(GOMOD_DIR / "etcd", staging, [ETCD_MODULE], ldflags="")
+            # Named explicitly: by default go would call it `server`, after the package.
+            _go_build(GOMOD_DIR / "etcd", f"{staging}/etcd", [ETCD_MODULE], ldflags="")
             _go_build(
                 GOMOD_DIR / "kubernetes",
-                staging,
+                f"{staging}/",
                 [f"{KUBERNETES_MODULE}/cmd/{name}" for name in KUBE_COMMANDS],
                 ldflags=_version_ldflags(kube_version),
             )
+            missing = [name for name in BINARIES if not (staging / name).is_file()]
+            if missing:
+                raise ControlPlaneError(f"the build did not produce {', '.join(missing)}")
             # An incomplete directory can only be left by hand or by an older layout.
             shutil.rmtree(target, ignore_errors=True)
             staging.chmod(0o755)  # mkdtemp makes it private to its creator
@@ -337,14 +344,19 @@ def _free_ports(count: int) -> list[int]:
         return [sock.getsockname()[1] for sock in sockets]
 
 
+# Looked up here rather than in the forked child, where loading a library could
+# deadlock on a lock held by another thread of the parent at fork time.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+_PR_SET_PDEATHSIG = 1
+
+
 def _set_parent_death_signal() -> None:
     """Ask Linux to SIGTERM this child if the Python process dies without cleaning up.
 
     Runs in the child between fork and exec. It keeps a killed test run from leaving
     an etcd and an apiserver behind.
     """
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _kubeconfig(server: str, ca: bytes, user: str, credentials: KeyPair) -> dict[str, Any]:
@@ -488,7 +500,8 @@ class ControlPlane:
                 f"--advertise-client-urls={etcd_url}",
                 f"--listen-peer-urls={peer_url}",
                 f"--initial-advertise-peer-urls={peer_url}",
-                f"--initial-cluster=default={peer_url}",
+                "--name=modelfleet-test",
+                f"--initial-cluster=modelfleet-test={peer_url}",
                 # The data is thrown away at exit: skipping fsync makes every write faster.
                 "--unsafe-no-fsync",
                 "--log-level=warn",
@@ -510,6 +523,16 @@ class ControlPlane:
                 f"--tls-cert-file={files['apiserver.crt']}",
                 f"--tls-private-key-file={files['apiserver.key']}",
                 f"--client-ca-file={files['ca.crt']}",
+                # The front-proxy (request header) settings are published for delegated
+                # authentication; without them the controller-manager logs an error
+                # every few seconds about the missing request-header CA.
+                f"--requestheader-client-ca-file={files['ca.crt']}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={files['front-proxy-client.crt']}",
+                f"--proxy-client-key-file={files['front-proxy-client.key']}",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={files['sa.pub']}",
                 f"--service-account-signing-key-file={files['sa.key']}",
@@ -585,6 +608,9 @@ class ControlPlane:
             "sa.key": _key_pem(sa_key),
             "sa.pub": sa_pub,
         }
+        front_proxy = ca.client("front-proxy-client")
+        contents["front-proxy-client.crt"] = front_proxy.cert
+        contents["front-proxy-client.key"] = front_proxy.key
         for name, user, groups in [
             ("admin", "kubernetes-admin", ["system:masters"]),
             # RBAC's bootstrap policy binds this user name to the controller-manager role.
@@ -633,7 +659,8 @@ class ControlPlane:
     ) -> None:
         """Poll ``url`` until ``healthy(body)``; fail early if the process exits."""
         process = self._processes[name]
-        deadline = time.monotonic() + READY_TIMEOUT
+        started = time.monotonic()
+        deadline = started + READY_TIMEOUT
         last = "no answer yet"
         while True:
             if process.poll() is not None:
@@ -645,6 +672,7 @@ class ControlPlane:
                 with urllib.request.urlopen(url, timeout=5, context=tls) as response:
                     body = response.read().decode(errors="replace").strip()
                 if healthy(body):
+                    log.info("%s healthy after %.1f s", name, time.monotonic() - started)
                     return
                 last = body
             except urllib.error.HTTPError as error:
@@ -749,17 +777,21 @@ def install_kuberay_crds(kubeconfig: Path, kubectl: Path | None = None) -> None:
 
 
 @contextlib.contextmanager
-def _terminate_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt, so `with` blocks clean up as on Ctrl-C."""
+def _interrupt_on_signals() -> Iterator[None]:
+    """Raise KeyboardInterrupt on SIGINT and SIGTERM, so `with` blocks clean up.
+
+    SIGINT is set too because a shell starts background jobs with it ignored.
+    """
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -770,7 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    with _terminate_on_sigterm():
+    with _interrupt_on_signals():
         try:
             binaries = ensure_binaries()
             with ControlPlane(binaries) as control_plane:

@@ -9,7 +9,7 @@ Python code uses the snake_case attribute names.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -22,7 +22,30 @@ SINGULAR = "modeldeployment"
 SHORT_NAMES = ["md"]
 API_VERSION = f"{GROUP}/{VERSION}"
 
+# KubeRay refuses RayService names longer than this (its RayCluster names get a suffix),
+# and the name must be a DNS-1035 label because it also names Services.
+MAX_NAME_LENGTH = 47
+
 ScalarArg = str | int | float | bool
+
+
+def cel(rule: str, message: str) -> dict[str, str]:
+    """One CEL rule for `x-kubernetes-validations`, checked by the apiserver.
+
+    The message says what is wrong and how to fix it; the apiserver prefixes it with
+    the path of the offending field (e.g. spec.nodePools[1]).
+    """
+    return {"rule": rule, "message": message}
+
+
+def validations(*rules: dict[str, str]) -> dict[str, Any]:
+    """`json_schema_extra` carrying CEL rules into the generated schema."""
+    return {"x-kubernetes-validations": list(rules)}
+
+
+# Object fields whose members all have defaults get `default: {}` in the CRD, so the
+# apiserver fills in the members' defaults even when the user leaves the object out.
+FILL_DEFAULTS: dict[str, Any] = {"default": {}}
 
 
 class _Spec(BaseModel):
@@ -34,6 +57,8 @@ class _Spec(BaseModel):
 
 
 class Quantization(StrEnum):
+    """Weight quantization of the checkpoint."""
+
     NONE = "none"
     AWQ = "awq"
     GPTQ = "gptq"
@@ -43,6 +68,8 @@ class Quantization(StrEnum):
 
 
 class EngineKind(StrEnum):
+    """Inference engine a replica runs."""
+
     VLLM = "vllm"
     TRITON = "triton"
 
@@ -55,6 +82,8 @@ class SecretKeyRef(_Spec):
 
 
 class ModelSpec(_Spec):
+    """The model to serve: where its weights live and the name clients use."""
+
     source: Annotated[
         str,
         Field(
@@ -88,11 +117,15 @@ class ModelSpec(_Spec):
         Field(
             description="Secret whose keys become environment variables of the Ray pods "
             "(HF_TOKEN, AWS_ACCESS_KEY_ID, ...) to read the model source.",
+            min_length=1,
+            max_length=253,
         ),
     ] = None
 
 
 class TritonSpec(_Spec):
+    """Triton server with a TensorRT-LLM model repository (engine.kind: triton)."""
+
     model_name: Annotated[
         str, Field(description="Model in the repository: ensemble or tensorrt_llm_bls.")
     ] = "ensemble"
@@ -114,6 +147,25 @@ class TritonSpec(_Spec):
 
 
 class EngineSpec(_Spec):
+    """Engine settings shared by every replica."""
+
+    # `has(self.kind)` guards: the apiserver also checks the rules against `default: {}`,
+    # before the members' own defaults are filled in.
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.triton) || (has(self.kind) && self.kind == 'triton')",
+                "engine.triton is only allowed with engine.kind: triton; "
+                "remove engine.triton or set engine.kind: triton",
+            ),
+            cel(
+                "!has(self.kind) || self.kind != 'triton' || has(self.triton)",
+                "engine.kind: triton needs engine.triton with at least repository "
+                "(pvc://claim/path, s3:// or file://)",
+            ),
+        )
+    )
+
     kind: EngineKind = Field(default=EngineKind.VLLM, description="Inference engine.")
     max_model_len: Annotated[
         int, Field(ge=16, le=1_048_576, description="Context length in tokens.")
@@ -124,8 +176,12 @@ class EngineSpec(_Spec):
     gpu_memory_utilization: Annotated[
         float, Field(gt=0, le=0.99, description="Fraction of GPU memory the engine may use.")
     ] = 0.9
-    tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] = 1
-    pipeline_parallel_size: Annotated[int, Field(ge=1, le=64)] = 1
+    tensor_parallel_size: Annotated[
+        int, Field(ge=1, le=64, description="GPUs one replica splits each layer across.")
+    ] = 1
+    pipeline_parallel_size: Annotated[
+        int, Field(ge=1, le=64, description="Pipeline stages per replica (GPUs = TP x PP).")
+    ] = 1
     cpu_kv_cache_gib: Annotated[
         float | None,
         Field(
@@ -137,12 +193,14 @@ class EngineSpec(_Spec):
     extra_args: dict[str, ScalarArg] = Field(
         default_factory=dict,
         description="Further engine flags by name (e.g. enable-prefix-caching: true); "
-        "checked against the engine's known flags.",
+        "checked against the engine's known flags. Values are strings, numbers or booleans.",
     )
     triton: TritonSpec | None = Field(default=None, description="Only with kind: triton.")
 
 
 class GPUSpec(_Spec):
+    """The GPUs of a node pool's nodes."""
+
     type: Annotated[str, Field(min_length=1, description="GPU model, e.g. L20, A100, H100.")]
     memory_gib: Annotated[
         float, Field(alias="memoryGiB", gt=0, description="Memory of one GPU in GiB.")
@@ -150,14 +208,42 @@ class GPUSpec(_Spec):
 
 
 class Toleration(_Spec):
-    key: str | None = None
-    operator: str | None = None
-    value: str | None = None
-    effect: str | None = None
-    toleration_seconds: int | None = None
+    """A Kubernetes toleration copied onto the pool's Ray worker pods."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.operator) || self.operator != 'Exists' || !has(self.value)",
+                "a toleration with operator: Exists takes no value; remove value or use Equal",
+            )
+        )
+    )
+
+    key: str | None = Field(default=None, description="Taint key; empty matches all keys.")
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal (the default)."
+    )
+    value: str | None = Field(default=None, description="Taint value (with Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated."
+    )
 
 
 class NodePoolSpec(_Spec):
+    """A group of nodes: one KubeRay worker group and one Serve deployment."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.minReplicas <= self.maxReplicas",
+                "minReplicas is greater than maxReplicas: raise maxReplicas or lower minReplicas",
+            )
+        )
+    )
+
     name: Annotated[
         str,
         Field(
@@ -171,32 +257,52 @@ class NodePoolSpec(_Spec):
     memory_gib: Annotated[
         float | None, Field(alias="memoryGiB", gt=0, description="Memory per replica, GiB.")
     ] = None
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
-    min_replicas: Annotated[int, Field(ge=0, le=1000)] = 1
-    max_replicas: Annotated[int, Field(ge=1, le=1000)] = 1
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the pool's Ray worker pods require."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Tolerations of the worker pods."
+    )
+    min_replicas: Annotated[
+        int, Field(ge=0, le=1000, description="Replicas (worker pods) kept at least.")
+    ] = 1
+    max_replicas: Annotated[
+        int, Field(ge=1, le=1000, description="Replicas (worker pods) the autoscaler may reach.")
+    ] = 1
     priority: Annotated[
         int, Field(ge=0, le=1000, description="Lower is preferred; overflow spills to the next.")
     ] = 0
 
 
 class AutoscalingSpec(_Spec):
+    """Queue-depth autoscaling of each pool's replicas."""
+
     target_queue_depth: Annotated[
         float, Field(gt=0, description="Waiting requests per replica the autoscaler aims for.")
     ] = 8
-    upscale_delay_seconds: Annotated[float, Field(ge=0)] = 10
-    downscale_delay_seconds: Annotated[float, Field(ge=0)] = 120
+    upscale_delay_seconds: Annotated[
+        float, Field(ge=0, description="How long the queue must stay high before scaling up.")
+    ] = 10
+    downscale_delay_seconds: Annotated[
+        float, Field(ge=0, description="How long the queue must stay low before scaling down.")
+    ] = 120
 
 
 class ServingSpec(_Spec):
+    """The OpenAI-compatible endpoint."""
+
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key holding accepted API keys, comma-separated."
     )
     max_queued_requests: Annotated[int, Field(ge=1, description="Beyond this: HTTP 429.")] = 256
-    request_timeout_seconds: Annotated[float, Field(gt=0)] = 600
+    request_timeout_seconds: Annotated[
+        float, Field(gt=0, description="Longest a request may take, queueing included.")
+    ] = 600
 
 
 class MonitoringSpec(_Spec):
+    """Prometheus scraping and Grafana dashboards."""
+
     service_monitor: bool = Field(
         default=True, description="Create a ServiceMonitor when its CRD exists."
     )
@@ -204,16 +310,104 @@ class MonitoringSpec(_Spec):
 
 
 class ModelDeploymentSpec(_Spec):
+    """A model served behind an OpenAI-compatible endpoint on one or more node pools."""
+
     model: ModelSpec
-    engine: EngineSpec = Field(default_factory=EngineSpec)
-    node_pools: list[NodePoolSpec] = Field(min_length=1, max_length=8)
-    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
-    serving: ServingSpec = Field(default_factory=ServingSpec)
-    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    engine: EngineSpec = Field(default_factory=EngineSpec, json_schema_extra=FILL_DEFAULTS)
+    node_pools: list[NodePoolSpec] = Field(
+        min_length=1,
+        max_length=8,
+        description="Node pools in order of preference (see priority).",
+        json_schema_extra=validations(
+            cel(
+                "self.all(p, self.filter(q, q.name == p.name).size() == 1)",
+                "nodePools names must be unique; rename the repeated pool",
+            )
+        ),
+    )
+    autoscaling: AutoscalingSpec = Field(
+        default_factory=AutoscalingSpec, json_schema_extra=FILL_DEFAULTS
+    )
+    serving: ServingSpec = Field(default_factory=ServingSpec, json_schema_extra=FILL_DEFAULTS)
+    monitoring: MonitoringSpec = Field(
+        default_factory=MonitoringSpec, json_schema_extra=FILL_DEFAULTS
+    )
     image: Annotated[
         str | None,
-        Field(description="Ray container image; defaults to the operator's configured image."),
+        Field(
+            description="Ray container image; defaults to the operator's configured image.",
+            min_length=1,
+        ),
     ] = None
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(BaseModel):
+    """One condition, shaped as Kubernetes' metav1.Condition."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    type: str = Field(description="Validated, RayServiceReady or Ready.")
+    status: ConditionStatus
+    reason: str = Field(description="CamelCase word for machines.")
+    message: str = Field(default="", description="What happened and what to do, for people.")
+    last_transition_time: str | None = Field(
+        default=None, description="When status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The generation of the spec this condition was computed from."
+    )
+
+
+class PoolStatus(BaseModel):
+    """What KubeRay reports for one node pool's Serve deployment."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    name: str
+    state: str = Field(
+        default="Unknown", description="Serve deployment status: HEALTHY, UPDATING, UNHEALTHY."
+    )
+    message: str = ""
+    min_replicas: int
+    max_replicas: int
+
+
+class ModelDeploymentStatus(BaseModel):
+    """Written by the operator only; the CRD's status subresource."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    observed_generation: int | None = Field(
+        default=None, description="The generation the operator last acted on."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+    endpoint: str | None = Field(
+        default=None, description="Base URL of the OpenAI-compatible API inside the cluster."
+    )
+    ready_replicas: int | None = Field(
+        default=None, description="Ray worker pods ready (one replica each), all pools."
+    )
+    desired_replicas: int | None = Field(
+        default=None, description="Ray worker pods KubeRay wants, all pools."
+    )
+    pools: list[PoolStatus] = Field(
+        default_factory=list,
+        description="Per node pool: its Serve deployment's state and replica bounds.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
+    )
+    ray_service: str | None = Field(default=None, description="Name of the owned RayService.")
 
 
 class ObjectMeta(BaseModel):
@@ -223,6 +417,40 @@ class ObjectMeta(BaseModel):
 
     name: str
     namespace: str | None = None
+
+
+# `kubectl get md` columns.
+PRINTER_COLUMNS: tuple[dict[str, str], ...] = (
+    {"name": "Engine", "type": "string", "jsonPath": ".spec.engine.kind"},
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.servedName"},
+    {
+        "name": "Ready",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+    },
+    {
+        "name": "Replicas",
+        "type": "integer",
+        "jsonPath": ".status.readyReplicas",
+        "description": "Ready replicas, all pools.",
+    },
+    {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+)
+
+# Rules about the object as a whole: only the root schema may read metadata.name.
+ROOT_VALIDATIONS: tuple[dict[str, str], ...] = (
+    cel(
+        f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+        f"metadata.name must be at most {MAX_NAME_LENGTH} characters (KubeRay's limit for "
+        "RayService names): choose a shorter name",
+    ),
+    cel(
+        "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+        "metadata.name must start with a letter and contain only lower-case letters, "
+        "digits and '-' (a DNS-1035 label: it also names the RayService and Services)",
+    ),
+)
 
 
 class ModelDeployment(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,3 +51,25 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout", type=float, default=600, help="per-request timeout, s")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="local tokenizer directory: exact prompt lengths in its tokens "
+        "(default: one word per token)",
+    )
+    parser.add_argument(
+        "--ignore-eos",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="generate exactly the drawn output length (vLLM's ignore_eos)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="send this many requests first, not counted"
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="FILE.png",
+        help="draw latency percentiles and throughput over the run into FILE.png",
+    )

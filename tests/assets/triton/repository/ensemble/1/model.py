@@ -127,7 +127,7 @@ class TritonPythonModel:
                 raise ValueError(f"invalid sampling: temperature={temperature} top_p={top_p}")
             if bad_words >= set(WORDS):
                 raise ValueError("bad_words excludes every word")
-        except Exception as exc:  # noqa: BLE001 - any bad input becomes the request's error
+        except Exception as exc:  # any bad input becomes the request's error
             sender.send(
                 pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
                 flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,

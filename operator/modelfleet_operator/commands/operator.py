@@ -1,0 +1,39 @@
+"""`modelfleet operator`: run the Kopf operator that reconciles ModelDeployments."""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+
+from modelfleet_operator import metrics
+from modelfleet_operator.kube import Kube, connect
+from modelfleet_operator.render import DEFAULT_IMAGE
+
+
+def run_operator(
+    namespace: list[str] | None, health_port: int, metrics_port: int, image: str | None
+) -> int:
+    """Run until interrupted; watch `namespace` (repeatable) or the whole cluster.
+
+    Standalone (no Kopf peering): one replica runs at a time, as the Deployment in
+    the chart has it, and a restarted operator resumes every object it finds.
+    """
+    # Imported here: importing registers the handlers and reads the settings.
+    from modelfleet_operator import handlers
+
+    settings = handlers.SETTINGS
+    kopf.configure(verbose=False)
+    logging.getLogger("modelfleet_operator").setLevel(logging.INFO)
+    metrics.serve(metrics_port, settings.bind_address)
+    context = handlers.Context(
+        kube=Kube(connect()), image=image or DEFAULT_IMAGE, settings=settings
+    )
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespace,
+        namespaces=namespace or (),
+        liveness_endpoint=f"http://{settings.bind_address}:{health_port}/healthz",
+        memo=context,
+    )
+    return 0

@@ -1,0 +1,62 @@
+"""`modelfleet render FILE`: print the objects the operator would create for a ModelDeployment."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modelfleet_operator.api.checks import check
+from modelfleet_operator.render import DEFAULT_IMAGE
+from modelfleet_operator.render import render as render_objects
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes multi-line strings (serveConfigV2) as literal blocks, readable in reviews."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def dump(objects: list[dict[str, Any]]) -> str:
+    """A YAML stream of `objects`, in the form `modelfleet render` prints."""
+    return yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False, width=100)
+
+
+def render_documents(obj: dict[str, Any], *, image: str | None, namespace: str) -> str:
+    """The YAML stream `modelfleet render` prints for one ModelDeployment object.
+
+    Raises ValueError with every problem found when the object cannot be rendered.
+    """
+    checked = check(obj)
+    if checked.md is None or checked.problems:
+        raise ValueError("\n".join(checked.problems))
+    objects = render_objects(checked.md, image=image or DEFAULT_IMAGE, namespace=namespace)
+    return dump(objects)
+
+
+def render(file: Path, image: str | None, namespace: str) -> int:
+    """Print the RayService and Service for the ModelDeployment in `file`; 1 on errors."""
+    try:
+        obj = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        print(f"modelfleet render: cannot read {file}: {error}", file=sys.stderr)
+        return 1
+    if not isinstance(obj, dict):
+        print(f"modelfleet render: {file} does not hold one object", file=sys.stderr)
+        return 1
+    try:
+        sys.stdout.write(render_documents(obj, image=image, namespace=namespace))
+    except ValueError as error:
+        print(f"modelfleet render: {file} is not a valid ModelDeployment:", file=sys.stderr)
+        for line in str(error).splitlines():
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,201 @@
+"""Decide a ModelDeployment's status from what the operator observed.
+
+`decide` maps one observation (spec problems, missing dependencies, an ownership
+conflict, the RayService as KubeRay reports it) to the whole status; `status_patch`
+says what to write, or that nothing changed, so the status is written only when it
+changes. Pure: no Kubernetes, Kopf or Ray imports; the clock is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelfleet_operator.api.v1alpha1 import (
+    Condition,
+    ConditionStatus,
+    ModelDeployment,
+    ModelDeploymentStatus,
+    PoolStatus,
+)
+from modelfleet_operator.render import APP_NAME, endpoint, namespace_of
+
+VALIDATED = "Validated"
+RAY_SERVICE_READY = "RayServiceReady"
+READY = "Ready"
+
+# Reasons (CamelCase, for machines) the operator itself sets.
+REASON_VALID = "Valid"
+REASON_INVALID = "InvalidSpec"
+REASON_DEPENDENCY_MISSING = "DependencyMissing"
+REASON_CONFLICT = "OwnershipConflict"
+REASON_WAITING = "WaitingForKubeRay"
+REASON_SERVING = "Serving"
+REASON_NOT_READY = "RayServiceNotReady"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one reconciliation saw; each optional part is None when it did not apply."""
+
+    generation: int
+    md: ModelDeployment | None
+    namespace: str
+    problems: list[str] = field(default_factory=list)
+    dependency_missing: str | None = None
+    conflict: str | None = None
+    ray_service: Mapping[str, Any] | None = None
+
+
+def _previous(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {c.get("type", ""): c for c in status.get("conditions") or []}
+
+
+def _condition(
+    kind: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    *,
+    generation: int,
+    previous: Mapping[str, Mapping[str, Any]],
+    now: str,
+) -> Condition:
+    """A condition that keeps its lastTransitionTime while its status stays the same."""
+    before = previous.get(kind)
+    unchanged = before is not None and before.get("status") == status
+    since = before.get("lastTransitionTime") if before is not None and unchanged else None
+    return Condition(
+        type=kind,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=since or now,
+        observed_generation=generation,
+    )
+
+
+def ray_service_readiness(ray_service: Mapping[str, Any]) -> tuple[bool, str, str]:
+    """(ready, reason, message) from KubeRay's `Ready` condition on a RayService."""
+    name = ray_service.get("metadata", {}).get("name", "")
+    status = ray_service.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Ready":
+            ready = condition.get("status") == "True"
+            reason = condition.get("reason") or ("Ready" if ready else "NotReady")
+            message = condition.get("message") or f"KubeRay reports RayService {name} {reason}"
+            return ready, reason, message
+    return False, REASON_WAITING, f"waiting for KubeRay to report on RayService {name}"
+
+
+def _pools(md: ModelDeployment, ray_service: Mapping[str, Any] | None) -> list[PoolStatus]:
+    active = ((ray_service or {}).get("status") or {}).get("activeServiceStatus") or {}
+    app = (active.get("applicationStatuses") or {}).get(APP_NAME) or {}
+    deployments = app.get("serveDeploymentStatuses") or {}
+    pools = []
+    for pool in md.spec.node_pools:
+        # The serving app names each pool's Serve deployment after the pool.
+        deployment = deployments.get(pool.name) or {}
+        pools.append(
+            PoolStatus(
+                name=pool.name,
+                state=deployment.get("status") or "Unknown",
+                message=deployment.get("message") or "",
+                min_replicas=pool.min_replicas,
+                max_replicas=pool.max_replicas,
+            )
+        )
+    return pools
+
+
+def decide(seen: Observation, previous_status: Mapping[str, Any], now: str) -> dict[str, Any]:
+    """The whole status for `seen`, as written to the API (camelCase, no None values)."""
+    previous = _previous(previous_status)
+
+    def cond(kind: str, status: ConditionStatus, reason: str, message: str) -> Condition:
+        return _condition(
+            kind,
+            status,
+            reason,
+            message,
+            generation=seen.generation,
+            previous=previous,
+            now=now,
+        )
+
+    md = seen.md
+    extra: dict[str, Any] = {}
+    if seen.problems or md is None:
+        message = "; ".join(seen.problems) or "the spec could not be read"
+        conditions = [
+            cond(VALIDATED, "False", REASON_INVALID, message),
+            cond(RAY_SERVICE_READY, "False", REASON_INVALID, "not created: the spec is invalid"),
+            cond(READY, "False", REASON_INVALID, message),
+        ]
+    else:
+        valid = cond(VALIDATED, "True", REASON_VALID, "the spec is valid")
+        name = md.metadata.name
+        if seen.dependency_missing is not None:
+            why = seen.dependency_missing
+            conditions = [
+                valid,
+                cond(RAY_SERVICE_READY, "False", REASON_DEPENDENCY_MISSING, why),
+                cond(READY, "False", REASON_DEPENDENCY_MISSING, why),
+            ]
+        elif seen.conflict is not None:
+            conditions = [
+                valid,
+                cond(RAY_SERVICE_READY, "False", REASON_CONFLICT, seen.conflict),
+                cond(READY, "False", REASON_CONFLICT, seen.conflict),
+            ]
+        else:
+            url = endpoint(name, namespace_of(md, seen.namespace))
+            ready, reason, message = (
+                ray_service_readiness(seen.ray_service)
+                if seen.ray_service is not None
+                else (False, REASON_WAITING, f"RayService {name} does not exist yet")
+            )
+            conditions = [
+                valid,
+                cond(RAY_SERVICE_READY, "True" if ready else "False", reason, message),
+                cond(READY, "True", REASON_SERVING, f"serving {md.spec.model.served_name} at {url}")
+                if ready
+                else cond(READY, "False", REASON_NOT_READY, message),
+            ]
+            cluster = (
+                ((seen.ray_service or {}).get("status") or {}).get("activeServiceStatus") or {}
+            ).get("rayClusterStatus") or {}
+            extra = {
+                "endpoint": url,
+                "ray_service": name,
+                "ready_replicas": cluster.get("readyWorkerReplicas", 0),
+                "desired_replicas": cluster.get("desiredWorkerReplicas", 0),
+            }
+        extra["pools"] = _pools(md, seen.ray_service)
+    status = ModelDeploymentStatus(
+        observed_generation=seen.generation, conditions=conditions, **extra
+    )
+    return status.model_dump(by_alias=True, exclude_none=True)
+
+
+# The status keys this operator owns; others (none today) are left alone.
+OWNED_KEYS = tuple(
+    (info.alias or name) for name, info in ModelDeploymentStatus.model_fields.items()
+)
+
+
+def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A JSON merge patch turning `current` status into `desired`; None when equal.
+
+    Keys the operator owns but no longer sets are removed (merge patch: null), so a
+    stale endpoint does not linger after the spec becomes invalid.
+    """
+    patch: dict[str, Any] = {}
+    for key in OWNED_KEYS:
+        if key in desired:
+            if current.get(key) != desired[key]:
+                patch[key] = desired[key]
+        elif current.get(key) is not None:
+            patch[key] = None
+    return patch or None

@@ -1,0 +1,219 @@
+"""`modelfleet bench --url URL`: load an OpenAI-compatible endpoint and report latencies.
+
+Requests stream (SSE) over httpx, arrive as a Poisson process at `--request-rate` or
+keep `--concurrency` in flight (default: all at once), and ask for exactly the output
+length drawn (`ignore_eos`, as vLLM's `bench serve` does with random data), so two
+servers of the same model do the same work.
+
+Prompts are random words. With `--tokenizer` (a local model directory) their length
+is exact in that tokenizer's tokens; without it each word counts as one token, which
+is close for the generated tiny model and for English text in real tokenizers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from modelfleet_serving.bench.stats import RequestResult, format_summary, summarize
+
+# Prompt vocabulary: common words that most tokenizers keep whole.
+_TEXT = (
+    "the quick brown fox jumps over lazy dog model token batch cache serve ray kube hello "
+    "world today story robot cat sea sky mountain poem large language small fast"
+)
+_WORDS = _TEXT.split()
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request to send: the prompt and the exact output length."""
+
+    prompt: str
+    prompt_tokens: int
+    output_tokens: int
+
+
+def _length(mean: int, ratio: float, rng: random.Random) -> int:
+    low, high = max(1, round(mean * (1 - ratio))), max(1, round(mean * (1 + ratio)))
+    return rng.randint(low, high)
+
+
+def make_jobs(
+    count: int,
+    input_len: int,
+    output_len: int,
+    range_ratio: float,
+    seed: int,
+    tokenizer: Any = None,
+) -> list[Job]:
+    """Random prompts and output lengths, reproducible from `seed`."""
+    rng = random.Random(seed)
+    jobs = []
+    for _ in range(count):
+        n_in = _length(input_len, range_ratio, rng)
+        words = [rng.choice(_WORDS) for _ in range(n_in)]
+        prompt = " ".join(words)
+        if tokenizer is not None:
+            ids = tokenizer.encode(prompt, add_special_tokens=False)
+            while len(ids) < n_in:
+                ids += ids or [0]
+            prompt = tokenizer.decode(ids[:n_in])
+        jobs.append(Job(prompt, n_in, _length(output_len, range_ratio, rng)))
+    return jobs
+
+
+async def send(
+    client: httpx.AsyncClient, base: str, model: str, endpoint: str, job: Job, args: Any
+) -> RequestResult:
+    """Send one streaming request and time it."""
+    payload: dict[str, Any] = {
+        "model": model,
+        "max_tokens": job.output_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0.0,
+    }
+    if args.ignore_eos:
+        payload["ignore_eos"] = True
+    if endpoint == "chat":
+        url = f"{base}/v1/chat/completions"
+        payload["messages"] = [{"role": "user", "content": job.prompt}]
+    else:
+        url = f"{base}/v1/completions"
+        payload["prompt"] = job.prompt
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    start = time.perf_counter()
+    first = last = 0.0
+    gaps: list[float] = []
+    chunks = 0
+    usage: dict[str, Any] = {}
+    try:
+        async with client.stream("POST", url, json=payload, headers=headers) as response:
+            if response.status_code != 200:
+                body = (await response.aread()).decode(errors="replace")
+                return RequestResult(
+                    success=False, error=f"HTTP {response.status_code}: {body[:200]}"
+                )
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    # Read on to the end of the body so the connection closes cleanly.
+                    continue
+                event = json.loads(data)
+                if "error" in event:
+                    return RequestResult(success=False, error=str(event["error"].get("message")))
+                if event.get("usage"):
+                    usage = event["usage"]
+                if not _has_text(event):
+                    continue
+                now = time.perf_counter()
+                if chunks == 0:
+                    first = now
+                else:
+                    gaps.append(now - last)
+                last = now
+                chunks += 1
+    except (httpx.HTTPError, json.JSONDecodeError) as e:
+        return RequestResult(success=False, error=f"{type(e).__name__}: {e}")
+    end = time.perf_counter()
+    if chunks == 0:
+        return RequestResult(success=False, error="no tokens streamed")
+    return RequestResult(
+        success=True,
+        start_time=start,
+        prompt_tokens=int(usage.get("prompt_tokens", job.prompt_tokens)),
+        output_tokens=int(usage.get("completion_tokens", chunks)),
+        ttft=first - start,
+        latency=end - start,
+        itl=tuple(gaps),
+    )
+
+
+def _has_text(event: dict[str, Any]) -> bool:
+    for choice in event.get("choices", ()):
+        if choice.get("text") or (choice.get("delta") or {}).get("content"):
+            return True
+    return False
+
+
+async def run_load(
+    base: str, model: str, jobs: Sequence[Job], args: Any
+) -> tuple[list[RequestResult], float]:
+    """Send every job per the load options; return the results and the run's duration."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    rng = random.Random(args.seed + 1)
+    semaphore = asyncio.Semaphore(args.concurrency) if args.concurrency else None
+    async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as client:
+
+        async def one(job: Job) -> RequestResult:
+            if semaphore is None:
+                return await send(client, base, model, args.endpoint, job, args)
+            async with semaphore:
+                return await send(client, base, model, args.endpoint, job, args)
+
+        start = time.perf_counter()
+        tasks = []
+        for job in jobs:
+            tasks.append(asyncio.create_task(one(job)))
+            if args.request_rate:
+                await asyncio.sleep(rng.expovariate(args.request_rate))
+        results = await asyncio.gather(*tasks)
+        return list(results), time.perf_counter() - start
+
+
+async def _first_model(base: str, api_key: str | None) -> str:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.get(f"{base}/v1/models", headers=headers)
+        response.raise_for_status()
+        return str(response.json()["data"][0]["id"])
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Entry point of `modelfleet bench`; returns the exit status."""
+    base = args.url.rstrip("/")
+    if base.endswith("/v1"):
+        base = base[:-3]
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    try:
+        model = args.model or asyncio.run(_first_model(base, args.api_key))
+    except httpx.HTTPError as e:
+        print(f"modelfleet bench: cannot list models at {base}: {e}", file=sys.stderr)
+        return 2
+    jobs = make_jobs(
+        args.num_prompts, args.input_len, args.output_len, args.range_ratio, args.seed, tokenizer
+    )
+    if args.warmup:
+        asyncio.run(run_load(base, model, jobs[: args.warmup], args))
+    results, duration = asyncio.run(run_load(base, model, jobs, args))
+    summary = summarize(
+        results,
+        duration,
+        goodput_ttft_ms=args.goodput_ttft_ms,
+        goodput_tpot_ms=args.goodput_tpot_ms,
+    )
+    if args.plot:
+        from modelfleet_serving.bench.plot import plot_run
+
+        plot_run(results, args.plot, title=f"{model} at {base}")
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        print(format_summary(summary))
+    return 0 if summary.completed else 1

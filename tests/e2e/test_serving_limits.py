@@ -1,0 +1,127 @@
+"""API keys (401) and the queue limit (429) on a second `modelfleet serve`.
+
+The example of manifests/examples/tiny-cpu.yaml with `apiKeySecretRef` set (locally the
+keys come from the MODELFLEET_API_KEYS variable, as the operator fills it from the
+Secret) and `maxQueuedRequests: 3`, so the limit is reached with a handful of requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.serve_fixtures import _stop_group, _wait_for_serving
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "tiny-llama"
+KEYS = ("first-key", "second-key")
+QUEUE_LIMIT = 3
+
+
+@pytest.fixture(scope="module")
+def limited_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`modelfleet serve` of the tiny example with API keys and a queue limit of 3."""
+    workdir = tmp_path_factory.mktemp("limited-serve")
+    manifest = yaml.safe_load((ROOT / "manifests/examples/tiny-cpu.yaml").read_text())
+    manifest["metadata"]["name"] = "tiny-limited"
+    manifest["spec"]["serving"]["apiKeySecretRef"] = {"name": "keys", "key": "keys"}
+    manifest["spec"]["serving"]["maxQueuedRequests"] = QUEUE_LIMIT
+    path = workdir / "tiny-limited.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    log_path = workdir / "serve.log"
+    env = os.environ | {"MODELFLEET_API_KEYS": ",".join(KEYS)}
+    command = [str(Path(sys.executable).with_name("modelfleet")), "serve", str(path), "--port", "0"]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        yield _wait_for_serving(process, log_path)
+    finally:
+        _stop_group(process)
+
+
+def _chat(base: str, key: str | None, max_tokens: int = 4) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    return httpx.post(
+        f"{base}/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": max_tokens,
+        },
+        headers=headers,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("key", [None, "", "wrong-key", "first-key-but-longer"])
+def test_missing_or_wrong_key_is_401(limited_serve: str, key: str | None) -> None:
+    response = _chat(limited_serve, key)
+    assert response.status_code == 401, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["code"]) == ("authentication_error", "invalid_api_key")
+    assert _chat(limited_serve, KEYS[0]).status_code == 200
+
+
+def test_models_need_a_key_too(limited_serve: str) -> None:
+    assert httpx.get(f"{limited_serve}/v1/models", timeout=30).status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{limited_serve}/v1", api_key="bad", max_retries=0).models.list()
+
+
+def test_every_configured_key_works_with_the_openai_client(limited_serve: str) -> None:
+    for key in KEYS:
+        client = openai.OpenAI(base_url=f"{limited_serve}/v1", api_key=key, max_retries=0)
+        assert [m.id for m in client.models.list()] == [MODEL]
+    # Health and metrics stay open: probes and Prometheus carry no key.
+    assert httpx.get(f"{limited_serve}/health", timeout=30).status_code == 200
+    assert httpx.get(f"{limited_serve}/metrics", timeout=30).status_code == 200
+
+
+async def test_queue_limit_is_429_and_service_continues(limited_serve: str) -> None:
+    headers = {"Authorization": f"Bearer {KEYS[1]}"}
+    body = {
+        "model": MODEL,
+        "prompt": "A long story",
+        "max_tokens": 400,
+        "ignore_eos": True,
+        "stream": True,
+    }
+
+    async def one(client: httpx.AsyncClient) -> tuple[int, dict[str, str]]:
+        async with client.stream(
+            "POST", f"{limited_serve}/v1/completions", json=body, headers=headers
+        ) as response:
+            if response.status_code != 200:
+                return response.status_code, (await response.aread()) and response.json()["error"]
+            async for _ in response.aiter_lines():
+                pass
+            return 200, {}
+
+    async with httpx.AsyncClient(timeout=300) as client:
+        results = await asyncio.gather(*(one(client) for _ in range(QUEUE_LIMIT + 4)))
+    statuses = sorted(status for status, _ in results)
+    assert statuses.count(200) >= QUEUE_LIMIT, statuses
+    refused = [error for status, error in results if status == 429]
+    assert refused, statuses
+    assert all(e["type"] == "rate_limit_error" and e["code"] == "queue_full" for e in refused)
+    assert str(QUEUE_LIMIT) in refused[0]["message"]
+    assert _chat(limited_serve, KEYS[0]).status_code == 200

@@ -1,0 +1,187 @@
+"""`modelfleet serve` with `engine.kind: triton`, as users reach it: the `openai` client.
+
+A real tritonserver (the CPU build from nvidia-pytriton) holds the decoupled python
+stand-in for TensorRT-LLM (tests/assets/triton); `modelfleet serve` runs
+manifests/examples/tiny-triton.yaml on a local Ray, pointed at that server by `url`,
+so the tests can watch what reached the model, stop the server and bring it back.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from tests.serve_fixtures import _stop_group, _wait_for_serving
+from tests.triton_fixtures import TritonStandIn
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "manifests" / "examples" / "tiny-triton.yaml"
+MODEL = "tiny-llama"
+# The stand-in's words; any generated text is made of these.
+WORDS = frozenset(
+    [
+        "alpha",
+        "bravo",
+        "charlie",
+        "delta",
+        "echo",
+        "foxtrot",
+        "golf",
+        "hotel",
+        "india",
+        "juliett",
+        "kilo",
+        "lima",
+        "mike",
+        "november",
+        "oscar",
+        "papa",
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def base_url(
+    triton_stand_in: TritonStandIn, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The example manifest served by `modelfleet serve`, using the stand-in server."""
+    root = tmp_path_factory.mktemp("triton-serve")
+    manifest = yaml.safe_load(EXAMPLE.read_text())
+    triton = manifest["spec"]["engine"]["triton"]
+    triton["repository"] = f"file://{triton_stand_in.repository}"
+    triton["url"] = triton_stand_in.server.grpc_url
+    path = root / "tiny-triton.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    log_path = root / "serve.log"
+    command = [str(Path(sys.executable).with_name("modelfleet")), "serve", str(path), "--port", "0"]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
+    try:
+        yield _wait_for_serving(process, log_path)
+    finally:
+        _stop_group(process)
+
+
+@pytest.fixture
+def client(base_url: str) -> openai.OpenAI:
+    # No retries: a 503 must reach the test, not be hidden by the client's back-off.
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def _chat(client: openai.OpenAI, **kwargs: Any) -> Any:
+    messages = [{"role": "user", "content": "Tell me a story"}]
+    return client.chat.completions.create(model=MODEL, messages=messages, **kwargs)
+
+
+def test_completion(client: openai.OpenAI) -> None:
+    response = client.completions.create(model=MODEL, prompt="Hello", max_tokens=5)
+    choice = response.choices[0]
+    assert response.object == "text_completion"
+    assert len(choice.text.split()) == 5 and set(choice.text.split()) <= WORDS
+    assert choice.finish_reason == "length"
+    assert response.usage is not None
+    assert response.usage.completion_tokens == 5
+    assert response.usage.prompt_tokens > 0
+
+
+def test_chat_with_stop(client: openai.OpenAI) -> None:
+    full = _chat(client, max_tokens=6).choices[0].message.content
+    words = full.split()
+    assert len(words) == 6 and set(words) <= WORDS
+    # Stopping at the fourth word leaves the first three, without the stop string.
+    stopped = _chat(client, max_tokens=6, stop=[f" {words[3]}"])
+    assert stopped.choices[0].message.content == " ".join(words[:3])
+    assert stopped.choices[0].finish_reason == "stop"
+
+
+def test_stream_matches_the_whole_response(client: openai.OpenAI) -> None:
+    whole = _chat(client, max_tokens=8, seed=3)
+    chunks = list(
+        _chat(client, max_tokens=8, seed=3, stream=True, stream_options={"include_usage": True})
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 8
+
+
+def test_closing_a_stream_cancels_the_triton_request(
+    client: openai.OpenAI, triton_stand_in: TritonStandIn
+) -> None:
+    # 400 words at the stand-in's pace take several seconds: long enough to cancel.
+    stream = _chat(client, max_tokens=400, stream=True)
+    first = next(iter(stream))
+    request_id = first.id.removeprefix("chatcmpl-")
+    stream.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        events = {e["event"]: e for e in triton_stand_in.events(request_id)}
+        if "cancelled" in events or "finished" in events:
+            break
+        time.sleep(0.2)
+    assert "received" in events, f"request {request_id} never reached Triton"
+    assert "cancelled" in events, f"Triton's request was not cancelled: {events}"
+    assert events["cancelled"]["tokens"] < 400
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"seed": -1}, "seed"),
+        ({"max_tokens": 100_000}, "max_tokens"),
+        ({"extra_body": {"top_k": -5}}, "top_k"),
+        ({"temperature": 3.0}, "temperature"),
+    ],
+)
+def test_bad_parameters_never_reach_triton(
+    client: openai.OpenAI, triton_stand_in: TritonStandIn, kwargs: dict[str, Any], param: str
+) -> None:
+    received = len(triton_stand_in.events())
+    with pytest.raises(openai.BadRequestError) as caught:
+        _chat(client, **kwargs)
+    error = caught.value.body
+    assert isinstance(error, dict) and error["param"] == param, error
+    assert len(triton_stand_in.events()) == received
+
+
+def test_triton_down_is_503_and_back_serves_again(
+    client: openai.OpenAI, triton_stand_in: TritonStandIn
+) -> None:
+    triton_stand_in.server.stop()
+    try:
+        with pytest.raises(openai.APIStatusError) as caught:
+            _chat(client, max_tokens=3)
+        assert caught.value.status_code == 503
+        assert "Triton server at" in caught.value.message
+        with pytest.raises(openai.APIStatusError) as caught:
+            list(_chat(client, max_tokens=3, stream=True))
+        assert caught.value.status_code == 503
+    finally:
+        triton_stand_in.server.start()
+    # The gRPC channel reconnects with back-off: allow it a few tries.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            response = _chat(client, max_tokens=3)
+            break
+        except openai.APIStatusError as e:
+            if e.status_code != 503 or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    assert len(response.choices[0].message.content.split()) == 3

@@ -1,0 +1,174 @@
+"""Status decisions: tables from observations to conditions, and when to write."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from modelfleet_operator.api.v1alpha1 import ModelDeployment
+from modelfleet_operator.status import Observation, decide, status_patch
+
+NOW = "2026-01-01T00:00:10Z"
+BEFORE = "2026-01-01T00:00:00Z"
+
+MD = ModelDeployment.from_object(
+    {
+        "metadata": {"name": "m", "namespace": "ns"},
+        "spec": {
+            "model": {"source": "hf://o/m", "servedName": "served"},
+            "nodePools": [
+                {"name": "a", "gpu": {"type": "L4", "memoryGiB": 24}, "maxReplicas": 3},
+                {"name": "b", "gpu": {"type": "L4", "memoryGiB": 24}, "minReplicas": 0},
+            ],
+        },
+    }
+)
+
+
+def ray_service(ready: bool | None, deployments: dict[str, Any] | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {}
+    if ready is not None:
+        status["conditions"] = [
+            {
+                "type": "Ready",
+                "status": "True" if ready else "False",
+                "reason": "NonZeroServeEndpoints" if ready else "ZeroServeEndpoints",
+                "message": "endpoints" if ready else "no endpoints",
+            }
+        ]
+        status["activeServiceStatus"] = {
+            "applicationStatuses": {
+                "modelfleet": {"serveDeploymentStatuses": deployments or {}},
+            },
+            "rayClusterStatus": {"readyWorkerReplicas": 2, "desiredWorkerReplicas": 3},
+        }
+    return {"metadata": {"name": "m"}, "status": status}
+
+
+def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+@pytest.mark.parametrize(
+    ("seen", "expected"),
+    [
+        (
+            Observation(generation=3, md=MD, namespace="ns", problems=["pool 'a' is wrong"]),
+            {
+                "Validated": ("False", "InvalidSpec"),
+                "RayServiceReady": ("False", "InvalidSpec"),
+                "Ready": ("False", "InvalidSpec"),
+            },
+        ),
+        (
+            Observation(generation=3, md=None, namespace="ns", problems=["spec.x: bad"]),
+            {
+                "Validated": ("False", "InvalidSpec"),
+                "RayServiceReady": ("False", "InvalidSpec"),
+                "Ready": ("False", "InvalidSpec"),
+            },
+        ),
+        (
+            Observation(generation=3, md=MD, namespace="ns", dependency_missing="no KubeRay"),
+            {
+                "Validated": ("True", "Valid"),
+                "RayServiceReady": ("False", "DependencyMissing"),
+                "Ready": ("False", "DependencyMissing"),
+            },
+        ),
+        (
+            Observation(generation=3, md=MD, namespace="ns", conflict="Service taken"),
+            {
+                "Validated": ("True", "Valid"),
+                "RayServiceReady": ("False", "OwnershipConflict"),
+                "Ready": ("False", "OwnershipConflict"),
+            },
+        ),
+        (
+            Observation(generation=3, md=MD, namespace="ns", ray_service=ray_service(None)),
+            {
+                "Validated": ("True", "Valid"),
+                "RayServiceReady": ("False", "WaitingForKubeRay"),
+                "Ready": ("False", "RayServiceNotReady"),
+            },
+        ),
+        (
+            Observation(generation=3, md=MD, namespace="ns", ray_service=ray_service(False)),
+            {
+                "Validated": ("True", "Valid"),
+                "RayServiceReady": ("False", "ZeroServeEndpoints"),
+                "Ready": ("False", "RayServiceNotReady"),
+            },
+        ),
+        (
+            Observation(generation=3, md=MD, namespace="ns", ray_service=ray_service(True)),
+            {
+                "Validated": ("True", "Valid"),
+                "RayServiceReady": ("True", "NonZeroServeEndpoints"),
+                "Ready": ("True", "Serving"),
+            },
+        ),
+    ],
+)
+def test_conditions(seen: Observation, expected: dict[str, tuple[str, str]]) -> None:
+    status = decide(seen, {}, NOW)
+    assert conditions(status) == expected
+    assert status["observedGeneration"] == 3
+    assert all(c["observedGeneration"] == 3 for c in status["conditions"])
+    assert all(c["message"] for c in status["conditions"])
+
+
+def test_problems_are_the_message() -> None:
+    seen = Observation(generation=1, md=MD, namespace="ns", problems=["first", "second"])
+    (validated,) = [c for c in decide(seen, {}, NOW)["conditions"] if c["type"] == "Validated"]
+    assert validated["message"] == "first; second"
+
+
+def test_ready_status_carries_endpoint_replicas_and_pools() -> None:
+    rs = ray_service(
+        True, {"a": {"status": "HEALTHY"}, "b": {"status": "UPDATING"}, "OpenAIIngress": {}}
+    )
+    status = decide(Observation(generation=1, md=MD, namespace="ns", ray_service=rs), {}, NOW)
+    assert status["endpoint"] == "http://m-openai.ns.svc:8000/v1"
+    assert (status["readyReplicas"], status["desiredReplicas"]) == (2, 3)
+    assert status["rayService"] == "m"
+    assert status["pools"] == [
+        {"name": "a", "state": "HEALTHY", "message": "", "minReplicas": 1, "maxReplicas": 3},
+        {"name": "b", "state": "UPDATING", "message": "", "minReplicas": 0, "maxReplicas": 1},
+    ]
+
+
+def test_invalid_status_has_no_endpoint() -> None:
+    status = decide(Observation(generation=1, md=MD, namespace="ns", problems=["x"]), {}, NOW)
+    assert "endpoint" not in status
+
+
+def test_transition_time_kept_while_status_unchanged() -> None:
+    seen = Observation(generation=1, md=MD, namespace="ns", ray_service=ray_service(False))
+    first = decide(seen, {}, BEFORE)
+    again = decide(seen, first, NOW)
+    assert again == first, "same observation, same status: nothing to write"
+    ready = decide(
+        Observation(generation=1, md=MD, namespace="ns", ray_service=ray_service(True)), first, NOW
+    )
+    times = {c["type"]: c["lastTransitionTime"] for c in ready["conditions"]}
+    assert times == {"Validated": BEFORE, "RayServiceReady": NOW, "Ready": NOW}
+
+
+def test_status_patch_only_when_changed() -> None:
+    seen = Observation(generation=1, md=MD, namespace="ns", ray_service=ray_service(True))
+    status = decide(seen, {}, NOW)
+    assert status_patch(status, status) is None
+    assert status_patch({}, status) == status
+
+
+def test_status_patch_removes_what_no_longer_applies() -> None:
+    ready = decide(
+        Observation(generation=1, md=MD, namespace="ns", ray_service=ray_service(True)), {}, NOW
+    )
+    invalid = decide(Observation(generation=2, md=MD, namespace="ns", problems=["x"]), ready, NOW)
+    patch = status_patch(ready, invalid)
+    assert patch is not None
+    assert patch["endpoint"] is None
+    assert patch["readyReplicas"] is None
+    assert patch["observedGeneration"] == 2

@@ -1,0 +1,294 @@
+"""The pure render: golden files for every example, and tables for its rules.
+
+Regenerate the goldens after an intended change with
+`MODELFLEET_UPDATE_GOLDEN=1 pytest tests/unit/test_render.py`, then review the diff.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from modelfleet_operator.api.v1alpha1 import ModelDeployment
+from modelfleet_operator.commands.render import render, render_documents
+from modelfleet_operator.render import (
+    ANNOTATION_SPEC_HASH,
+    DEFAULT_IMAGE,
+    cluster_serving_config,
+    endpoint,
+    openai_service,
+    ray_service,
+)
+from modelfleet_operator.render import render as render_objects
+from modelfleet_operator.translate import pool_resource_name
+from modelfleet_serving.config import ServingConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
+GOLDEN = ROOT / "tests" / "golden"
+UPDATE = os.environ.get("MODELFLEET_UPDATE_GOLDEN") == "1"
+
+
+def golden_path(example: Path) -> Path:
+    """The golden file holding `modelfleet render` of an example."""
+    return GOLDEN / f"{example.stem}.yaml"
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_examples_match_goldens(example: Path) -> None:
+    obj = yaml.safe_load(example.read_text())
+    rendered = render_documents(obj, image=None, namespace="default")
+    golden = golden_path(example)
+    if UPDATE:
+        golden.write_text(rendered)
+    assert golden.exists(), f"no golden for {example.name}: run with MODELFLEET_UPDATE_GOLDEN=1"
+    assert rendered == golden.read_text(), (
+        f"render of {example.name} differs from {golden.name}; if intended, regenerate "
+        "with MODELFLEET_UPDATE_GOLDEN=1 and review the diff"
+    )
+
+
+def test_every_golden_has_an_example() -> None:
+    assert {p.stem for p in GOLDEN.glob("*.yaml")} == {p.stem for p in EXAMPLES}
+
+
+BASE: dict[str, Any] = {
+    "apiVersion": "modelfleet.io/v1alpha1",
+    "kind": "ModelDeployment",
+    "metadata": {"name": "m", "namespace": "team"},
+    "spec": {
+        "model": {"source": "hf://org/model", "servedName": "model"},
+        "nodePools": [{"name": "gpu", "gpu": {"type": "L4", "memoryGiB": 24}, "cpu": 4}],
+    },
+}
+
+
+def md(**spec: Any) -> ModelDeployment:
+    """BASE with top-level spec keys replaced."""
+    obj = copy.deepcopy(BASE)
+    obj["spec"].update(spec)
+    return ModelDeployment.from_object(obj)
+
+
+def workers(model: ModelDeployment, image: str = "img") -> list[dict[str, Any]]:
+    return ray_service(model, image=image, namespace="team")["spec"]["rayClusterConfig"][
+        "workerGroupSpecs"
+    ]
+
+
+def container(group: dict[str, Any]) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = group["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+@pytest.mark.parametrize(
+    ("tp", "pp", "gpus"),
+    [(1, 1, "1"), (2, 1, "2"), (4, 2, "8"), (1, 3, "3")],
+)
+def test_gpus_per_worker_are_tp_times_pp(tp: int, pp: int, gpus: str) -> None:
+    model = md(engine={"tensorParallelSize": tp, "pipelineParallelSize": pp})
+    resources = container(workers(model)[0])["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == gpus
+    assert resources["requests"]["nvidia.com/gpu"] == gpus
+
+
+@pytest.mark.parametrize(
+    ("pool", "expected"),
+    [
+        ({"name": "c", "cpu": 1}, {"cpu": "1"}),
+        ({"name": "c", "cpu": 0.5, "memoryGiB": 1.5}, {"cpu": "500m", "memory": "1536Mi"}),
+        ({"name": "c", "cpu": 2, "memoryGiB": 8}, {"cpu": "2", "memory": "8Gi"}),
+    ],
+)
+def test_cpu_pools_request_no_gpu(pool: dict[str, Any], expected: dict[str, str]) -> None:
+    resources = container(workers(md(nodePools=[pool]))[0])["resources"]
+    assert resources == {"requests": expected, "limits": expected}
+
+
+def test_one_worker_group_per_pool_with_its_placement_and_bounds() -> None:
+    pools = [
+        {
+            "name": "a",
+            "gpu": {"type": "L20", "memoryGiB": 48},
+            "nodeSelector": {"gpu": "l20"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+            "minReplicas": 2,
+            "maxReplicas": 5,
+        },
+        {"name": "b", "gpu": {"type": "A100", "memoryGiB": 80}, "minReplicas": 0},
+    ]
+    groups = workers(md(nodePools=pools))
+    assert [g["groupName"] for g in groups] == ["a", "b"]
+    a, b = groups
+    assert (a["minReplicas"], a["maxReplicas"]) == (2, 5)
+    assert (b["minReplicas"], b["maxReplicas"]) == (0, 1)
+    assert "replicas" not in a, "the autoscaler owns replicas; applying it would fight it"
+    assert a["template"]["spec"]["nodeSelector"] == {"gpu": "l20"}
+    assert a["template"]["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert "nodeSelector" not in b["template"]["spec"]
+    for group in groups:
+        advertised = json.loads(group["rayStartParams"]["resources"].strip("'"))
+        assert advertised == {pool_resource_name(group["groupName"]): 1}
+
+
+def test_replicas_request_what_their_worker_group_advertises() -> None:
+    model = md(nodePools=[{"name": "x-y"}, {"name": "z", "gpu": {"type": "L4", "memoryGiB": 24}}])
+    config = cluster_serving_config(model)
+    for pool, group in zip(config.pools, workers(model), strict=True):
+        advertised = json.loads(group["rayStartParams"]["resources"].strip("'"))
+        assert set(pool.resources) == set(advertised)
+
+
+def test_head_is_cpu_only_and_autoscaling_is_in_tree() -> None:
+    spec = ray_service(md(), image="img", namespace="team")["spec"]
+    cluster = spec["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-gpus"] == "0"
+    assert "nvidia.com/gpu" not in container(head)["resources"]["limits"]
+
+
+def test_serve_config_carries_the_serving_config() -> None:
+    model = md()
+    serve = yaml.safe_load(
+        ray_service(model, image="img", namespace="team")["spec"]["serveConfigV2"]
+    )
+    (app,) = serve["applications"]
+    assert app["import_path"] == "modelfleet_serving.app:app_builder"
+    assert ServingConfig.model_validate(app["args"]["config"]) == cluster_serving_config(model)
+
+
+def test_secrets_reach_pods_as_references_only() -> None:
+    model = md(
+        model={
+            "source": "s3://bucket/model",
+            "servedName": "model",
+            "credentialsSecretRef": "s3-creds",
+        },
+        serving={"apiKeySecretRef": {"name": "keys", "key": "api-keys"}},
+    )
+    obj = ray_service(model, image="img", namespace="team")
+    cluster = obj["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        c = container(group)
+        assert c["env"] == [
+            {
+                "name": "MODELFLEET_API_KEYS",
+                "valueFrom": {"secretKeyRef": {"name": "keys", "key": "api-keys"}},
+            }
+        ]
+        assert c["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    config = yaml.safe_load(obj["spec"]["serveConfigV2"])["applications"][0]["args"]["config"]
+    assert config["api_keys_env"] == "MODELFLEET_API_KEYS"
+
+
+def test_no_secret_no_env() -> None:
+    c = container(workers(md())[0])
+    assert "env" not in c
+    assert "envFrom" not in c
+
+
+def test_pvc_sources_are_mounted_read_only_and_rewritten() -> None:
+    model = md(
+        model={"source": "pvc://weights/org/model", "servedName": "model"},
+        engine={
+            "kind": "triton",
+            "triton": {"repository": "pvc://repo/triton", "modelName": "ensemble"},
+        },
+    )
+    group = workers(model)[0]
+    volumes = group["template"]["spec"]["volumes"]
+    assert volumes == [
+        {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "repo", "readOnly": True}},
+        {"name": "pvc-1", "persistentVolumeClaim": {"claimName": "weights", "readOnly": True}},
+    ]
+    assert container(group)["volumeMounts"] == [
+        {"name": "pvc-0", "mountPath": "/mnt/modelfleet/repo", "readOnly": True},
+        {"name": "pvc-1", "mountPath": "/mnt/modelfleet/weights", "readOnly": True},
+    ]
+    config = cluster_serving_config(model)
+    assert config.model.source == "file:///mnt/modelfleet/weights/org/model"
+    assert config.engine.triton is not None
+    assert config.engine.triton.repository == "file:///mnt/modelfleet/repo/triton"
+
+
+@pytest.mark.parametrize(
+    ("spec_image", "default", "expected"),
+    [(None, "op/default:1", "op/default:1"), ("mine:2", "op/default:1", "mine:2")],
+)
+def test_image_from_spec_or_operator_default(
+    spec_image: str | None, default: str, expected: str
+) -> None:
+    model = md(image=spec_image) if spec_image else md()
+    rs = render_objects(model, image=default, namespace="x")[0]
+    cluster = rs["spec"]["rayClusterConfig"]
+    images = {
+        container(g)["image"] for g in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    }
+    assert images == {expected}
+
+
+def test_owner_references_only_with_a_uid_and_hash_ignores_them() -> None:
+    model = md()
+    without = render_objects(model, image="i", namespace="x")
+    with_uid = render_objects(model, image="i", namespace="x", owner_uid="u-1")
+    for plain, owned in zip(without, with_uid, strict=True):
+        assert "ownerReferences" not in plain["metadata"]
+        (ref,) = owned["metadata"]["ownerReferences"]
+        assert ref == {
+            "apiVersion": "modelfleet.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "name": "m",
+            "uid": "u-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        assert plain["metadata"]["annotations"] == owned["metadata"]["annotations"]
+
+
+def test_spec_hash_follows_the_spec() -> None:
+    a = ray_service(md(), image="i", namespace="x")["metadata"]["annotations"]
+    b = ray_service(md(engine={"maxNumSeqs": 7}), image="i", namespace="x")["metadata"][
+        "annotations"
+    ]
+    assert a[ANNOTATION_SPEC_HASH] != b[ANNOTATION_SPEC_HASH]
+
+
+def test_openai_service_selects_serving_ray_pods() -> None:
+    svc = openai_service(md(), namespace="team")
+    assert svc["metadata"]["name"] == "m-openai"
+    assert svc["spec"]["selector"] == {"modelfleet.io/deployment": "m", "ray.io/serve": "true"}
+    assert svc["spec"]["ports"][0]["port"] == 8000
+    assert endpoint("m", "team") == "http://m-openai.team.svc:8000/v1"
+
+
+def test_namespace_of_the_object_wins() -> None:
+    objs = render_objects(md(), image="i", namespace="default")
+    assert {o["metadata"]["namespace"] for o in objs} == {"team"}
+
+
+def test_render_command_prints_and_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(BASE))
+    assert render(good, image=None, namespace="default") == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["kind"] for d in docs] == ["RayService", "Service"]
+    assert container(docs[0]["spec"]["rayClusterConfig"]["headGroupSpec"])["image"] == (
+        DEFAULT_IMAGE
+    )
+
+    bad_obj = copy.deepcopy(BASE)
+    bad_obj["spec"]["engine"] = {"tensorParallelSize": 2}
+    bad_obj["spec"]["nodePools"] = [{"name": "cpu"}]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(bad_obj))
+    assert render(bad, image=None, namespace="default") == 1
+    assert "give the pool a gpu" in capsys.readouterr().err
