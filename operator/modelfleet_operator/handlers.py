@@ -52,6 +52,7 @@ class Context:
     # may fire together, and the status must come from one reconciliation at a time.
     locks: dict[str, threading.Lock] = field(default_factory=dict)
     guard: threading.Lock = field(default_factory=threading.Lock)
+    conditions: metrics.ConditionCounts = field(default_factory=metrics.ConditionCounts)
 
     def lock_for(self, namespace: str, name: str) -> threading.Lock:
         """The lock of one ModelDeployment, created on first use."""
@@ -59,9 +60,10 @@ class Context:
             return self.locks.setdefault(f"{namespace}/{name}", threading.Lock())
 
     def forget(self, namespace: str, name: str) -> None:
-        """Drop the lock of a deleted ModelDeployment."""
+        """Drop the lock and the conditions of a deleted ModelDeployment."""
         with self.guard:
             self.locks.pop(f"{namespace}/{name}", None)
+        self.conditions.forget(f"{namespace}/{name}")
 
 
 @dataclass(frozen=True)
@@ -82,14 +84,19 @@ def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
-def _write_status(kube: Kube, md: Mapping[str, Any], seen: Observation, logger: Logger) -> bool:
+def _write_status(ctx: Context, md: Mapping[str, Any], seen: Observation, logger: Logger) -> bool:
     """Write the status decided for `seen` if it differs from the live one."""
     current = md.get("status") or {}
-    patch = status_patch(current, decide(seen, current, _now()))
+    desired = decide(seen, current, _now())
+    meta = md["metadata"]
+    ctx.conditions.record(
+        f"{meta['namespace']}/{meta['name']}",
+        {c["type"]: c["status"] for c in desired["conditions"]},
+    )
+    patch = status_patch(current, desired)
     if patch is None:
         return False
-    meta = md["metadata"]
-    kube.patch_status(meta["namespace"], meta["name"], patch)
+    ctx.kube.patch_status(meta["namespace"], meta["name"], patch)
     logger.debug("status written: %s", patch)
     return True
 
@@ -103,6 +110,9 @@ def _apply_children(
 ) -> tuple[dict[str, dict[str, Any]], str | None]:
     """Apply each child unless a foreign object holds its name; the live children."""
     uid = md_obj["metadata"]["uid"]
+    # A status naming the RayService means the children were created before: one
+    # missing now was deleted by someone, and recreating it is a repair.
+    created_before = bool((md_obj.get("status") or {}).get("rayService"))
     live: dict[str, dict[str, Any]] = {}
     for desired in objects:
         kind, name = desired["kind"], desired["metadata"]["name"]
@@ -114,7 +124,9 @@ def _apply_children(
                 "ModelDeployment"
             )
         applied = ctx.kube.apply(desired)
-        if current is None:
+        if current is None and created_before:
+            _event(md_obj, "Normal", "DriftRepaired", f"recreated {kind} {name}, found deleted")
+        elif current is None:
             _event(md_obj, "Normal", "Created", f"created {kind} {name}")
         elif (
             current["metadata"].get("annotations", {}).get(ANNOTATION_SPEC_HASH)
@@ -141,14 +153,14 @@ def _reconcile(ctx: Context, md_obj: Mapping[str, Any], logger: Logger) -> Outco
     )
     if checked.md is None or checked.problems:
         # The user has to change the spec; the update handler runs again when they do.
-        if _write_status(ctx.kube, md_obj, seen, logger):
+        if _write_status(ctx, md_obj, seen, logger):
             _event(md_obj, "Warning", "InvalidSpec", "; ".join(checked.problems))
         return Outcome("invalid")
 
     missing = ctx.kube.kuberay_missing()
     if missing is not None:
         waiting = replace(seen, dependency_missing=missing)
-        if _write_status(ctx.kube, md_obj, waiting, logger):
+        if _write_status(ctx, md_obj, waiting, logger):
             _event(md_obj, "Warning", "DependencyMissing", missing)
         return Outcome("dependency_missing", ctx.settings.retry_delay, missing)
 
@@ -156,12 +168,12 @@ def _reconcile(ctx: Context, md_obj: Mapping[str, Any], logger: Logger) -> Outco
     live, conflict = _apply_children(ctx, md_obj, objects)
     if conflict is not None:
         blocked = replace(seen, conflict=conflict)
-        if _write_status(ctx.kube, md_obj, blocked, logger):
+        if _write_status(ctx, md_obj, blocked, logger):
             _event(md_obj, "Warning", "OwnershipConflict", conflict)
         return Outcome("conflict", ctx.settings.retry_delay, conflict)
 
     done = replace(seen, ray_service=live.get(RAY_SERVICE_KIND))
-    _write_status(ctx.kube, md_obj, done, logger)
+    _write_status(ctx, md_obj, done, logger)
     return Outcome("success")
 
 
@@ -172,16 +184,18 @@ def reconcile(ctx: Context, namespace: str, name: str, logger: Logger) -> None:
     `kopf.TemporaryError` while waiting on something the user or cluster must provide.
     """
     started = time.monotonic()
-    outcome = Outcome("error")
+    outcome: Outcome | None = Outcome("error")
     try:
         with ctx.lock_for(namespace, name):
             md_obj = ctx.kube.get(v1alpha1.API_VERSION, v1alpha1.KIND, namespace, name)
             if md_obj is None or md_obj["metadata"].get("deletionTimestamp"):
-                outcome = Outcome("gone")
+                # Being deleted: garbage collection takes the children; nothing to count.
+                outcome = None
                 return
             outcome = _reconcile(ctx, md_obj, logger)
     finally:
-        metrics.observe(outcome.result, time.monotonic() - started)
+        if outcome is not None:
+            metrics.observe(outcome.result, time.monotonic() - started)
     if outcome.retry_after is not None:
         raise kopf.TemporaryError(outcome.why, delay=outcome.retry_after)
 
@@ -242,8 +256,12 @@ def on_ray_service(body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None
             logger.info("owner %s waits: %s", owner["name"], waiting)
 
 
-@kopf.on.delete(*MD, optional=True)
-def on_delete(namespace: str | None, name: str, memo: Any, logger: Logger, **_: Any) -> None:
-    """Nothing to delete: the RayService and Service go through garbage collection."""
-    memo.forget(_namespaced(namespace), name)
-    logger.info("children of %s/%s are removed by garbage collection", namespace, name)
+@kopf.on.event(*MD)
+def on_md_event(
+    type: str, namespace: str | None, name: str, memo: Any, logger: Logger, **_: Any
+) -> None:
+    """Deletion needs no handler (and so no finalizer): ownerReferences let garbage
+    collection remove the RayService and Service. Once an object is gone, drop its lock."""
+    if type == "DELETED":
+        memo.forget(_namespaced(namespace), name)
+        logger.info("deleted; its children are removed by garbage collection")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+import threading
+from collections import Counter as Tally
+from collections.abc import Mapping
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RECONCILE_TOTAL = Counter(
     "modelfleet_operator_reconcile",
@@ -15,12 +19,54 @@ RECONCILE_SECONDS = Histogram(
     "Time one reconciliation of a ModelDeployment took.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+DEPLOYMENTS = Gauge(
+    "modelfleet_operator_deployments",
+    "ModelDeployments by condition (Validated, RayServiceReady, Ready) and its status.",
+    ["condition", "status"],
+)
+
+CONDITION_STATUSES = ("True", "False", "Unknown")
 
 
 def observe(result: str, seconds: float) -> None:
     """Count one reconciliation and record how long it took."""
     RECONCILE_TOTAL.labels(result=result).inc()
     RECONCILE_SECONDS.observe(seconds)
+
+
+class ConditionCounts:
+    """The latest conditions of every ModelDeployment, summed into `DEPLOYMENTS`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_object: dict[str, dict[str, str]] = {}
+        # Condition types ever seen, so their series stay (at 0) when no object has them.
+        self._kinds: set[str] = set()
+
+    def record(self, key: str, conditions: Mapping[str, str]) -> None:
+        """Set the conditions (type → status) of the object `key` (namespace/name)."""
+        with self._lock:
+            self._by_object[key] = dict(conditions)
+            self._kinds.update(conditions)
+            self._publish()
+
+    def forget(self, key: str) -> None:
+        """Stop counting a deleted object."""
+        with self._lock:
+            self._by_object.pop(key, None)
+            self._publish()
+
+    def _publish(self) -> None:
+        tally = Tally(
+            (kind, status)
+            for conditions in self._by_object.values()
+            for kind, status in conditions.items()
+        )
+        # Every known condition gets all three statuses, zeros included, so a count
+        # that drops to zero shows as 0 rather than disappearing from the graph.
+        for kind in self._kinds:
+            for status in CONDITION_STATUSES:
+                DEPLOYMENTS.labels(condition=kind, status=status).set(tally[(kind, status)])
 
 
 def serve(port: int, address: str) -> None:

@@ -18,8 +18,9 @@ from modelfleet_operator.dashboards import dashboard_files
 Object = dict[str, Any]
 
 SERVICE_MONITOR_API_VERSION = "monitoring.coreos.com/v1"
+SERVICE_MONITOR_PLURAL = "servicemonitors"
 # The CRD whose presence decides whether a ServiceMonitor is made.
-SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+SERVICE_MONITOR_CRD = f"{SERVICE_MONITOR_PLURAL}.monitoring.coreos.com"
 
 # Grafana's dashboard sidecar (k8s-sidecar, as in kube-prometheus-stack) loads every
 # ConfigMap that carries this label; the annotation names the Grafana folder for

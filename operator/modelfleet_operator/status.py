@@ -8,7 +8,7 @@ changes. Pure: no Kubernetes, Kopf or Ray imports; the clock is passed in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ REASON_DEPENDENCY_MISSING = "DependencyMissing"
 REASON_CONFLICT = "OwnershipConflict"
 REASON_WAITING = "WaitingForKubeRay"
 REASON_SERVING = "Serving"
+REASON_UPGRADING = "Upgrading"
 REASON_NOT_READY = "RayServiceNotReady"
 
 
@@ -76,6 +77,15 @@ def _condition(
     )
 
 
+def upgrading(ray_service: Mapping[str, Any] | None) -> bool:
+    """Whether KubeRay reports an upgrade to a new RayCluster in progress."""
+    status = (ray_service or {}).get("status") or {}
+    return any(
+        c.get("type") == "UpgradeInProgress" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+
+
 def ray_service_readiness(ray_service: Mapping[str, Any]) -> tuple[bool, str, str]:
     """(ready, reason, message) from KubeRay's `Ready` condition on a RayService."""
     name = ray_service.get("metadata", {}).get("name", "")
@@ -107,6 +117,21 @@ def _pools(md: ModelDeployment, ray_service: Mapping[str, Any] | None) -> list[P
             )
         )
     return pools
+
+
+def _ready(
+    cond: Callable[[str, ConditionStatus, str, str], Condition],
+    md: ModelDeployment,
+    url: str,
+    upgrading: bool,
+) -> Condition:
+    serving = f"serving {md.spec.model.served_name} at {url}"
+    if upgrading:
+        # Still serving, from the old RayCluster until KubeRay switches over.
+        return cond(
+            READY, "True", REASON_UPGRADING, f"{serving}; KubeRay is rolling out the new spec"
+        )
+    return cond(READY, "True", REASON_SERVING, serving)
 
 
 def decide(seen: Observation, previous_status: Mapping[str, Any], now: str) -> dict[str, Any]:
@@ -159,7 +184,7 @@ def decide(seen: Observation, previous_status: Mapping[str, Any], now: str) -> d
             conditions = [
                 valid,
                 cond(RAY_SERVICE_READY, "True" if ready else "False", reason, message),
-                cond(READY, "True", REASON_SERVING, f"serving {md.spec.model.served_name} at {url}")
+                _ready(cond, md, url, upgrading(seen.ray_service))
                 if ready
                 else cond(READY, "False", REASON_NOT_READY, message),
             ]

@@ -60,7 +60,7 @@ def _start_ray(num_cpus: int) -> None:
             if "timed out during startup" not in str(e) or attempt == RAY_START_ATTEMPTS:
                 raise
             print(f"modelfleet: Ray start timed out, retrying ({attempt})", file=sys.stderr)
-            ray.shutdown()  # type: ignore[no-untyped-call]
+            ray.shutdown()
 
 
 def run_local(

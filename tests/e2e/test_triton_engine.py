@@ -103,3 +103,17 @@ async def test_replica_owns_its_server_and_turns_unhealthy_when_it_dies(
         await _collect(engine.completion(completion))
     assert caught.value.info.status == 503
     assert "Triton server" in caught.value.info.message
+
+
+async def test_gauges_follow_open_streams(engine: TritonEngine) -> None:
+    # The python backend reports no TensorRT-LLM batch metrics, so "running" falls back
+    # to the streams this replica holds open; Triton's queue is read from /metrics.
+    request = CompletionRequest.model_validate(
+        {"model": MODEL, "prompt": "Hi", "max_tokens": 200, "stream": True}
+    )
+    stream = engine.completion(request)
+    await anext(stream)
+    stats = await engine.stats()
+    assert (stats.running, stats.waiting, stats.kv_cache_usage) == (1, 0, 0.0)
+    await stream.aclose()
+    assert (await engine.stats()).running == 0

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import yaml
@@ -28,26 +29,10 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "manifests" / "examples" / "tiny-triton.yaml"
 MODEL = "tiny-llama"
 # The stand-in's words; any generated text is made of these.
-WORDS = frozenset(
-    [
-        "alpha",
-        "bravo",
-        "charlie",
-        "delta",
-        "echo",
-        "foxtrot",
-        "golf",
-        "hotel",
-        "india",
-        "juliett",
-        "kilo",
-        "lima",
-        "mike",
-        "november",
-        "oscar",
-        "papa",
-    ]
-)
+WORDS = frozenset((
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+    "india", "juliett", "kilo", "lima", "mike", "november", "oscar", "papa",
+))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +102,23 @@ def test_stream_matches_the_whole_response(client: openai.OpenAI) -> None:
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 8
+
+
+def test_engine_telemetry_reaches_the_metrics(base_url: str) -> None:
+    # Earlier tests generated tokens; the replica reports them every half second.
+    deadline = time.monotonic() + 15
+    while True:
+        text = httpx.get(f"{base_url}/metrics", timeout=10).text
+        samples = [
+            line
+            for line in text.splitlines()
+            if line.startswith("modelfleet_generation_tokens_total")
+        ]
+        if any(float(line.rsplit(" ", 1)[1]) > 0 for line in samples):
+            break
+        assert time.monotonic() < deadline, f"no generation tokens counted:\n{samples}"
+        time.sleep(0.5)
+    assert "modelfleet_time_to_first_token_seconds_bucket" in text
 
 
 def test_closing_a_stream_cancels_the_triton_request(

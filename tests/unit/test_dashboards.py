@@ -174,15 +174,49 @@ def _names(node: ast.expr, strings: dict[str, str], loops: dict[str, list[str]])
     raise _Unresolved(ast.unparse(node))
 
 
-def _constructor(call: ast.Call) -> str:
-    func = call.func
-    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+class _Imports:
+    """The prometheus_client metric classes a module imported, by their local names."""
+
+    def __init__(self, tree: ast.Module) -> None:
+        self.classes: dict[str, str] = {}
+        self.modules: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "prometheus_client"
+            ):
+                for alias in node.names:
+                    if alias.name in _SUFFIXES:
+                        self.classes[alias.asname or alias.name] = alias.name
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("prometheus_client"):
+                        self.modules.add(alias.asname or alias.name)
+
+    def constructor(self, node: ast.AST) -> str | None:
+        """The metric class `node` calls (`Counter`, `HistogramMetricFamily`...), or None."""
+        if not isinstance(node, ast.Call):
+            return None
+        func = node.func
+        if isinstance(func, ast.Name):
+            return self.classes.get(func.id)
+        if (
+            isinstance(func, ast.Attribute)
+            and func.attr in _SUFFIXES
+            and ast.unparse(func.value) in self.modules
+        ):
+            return func.attr
+        return None
 
 
 def _metric_calls(
     tree: ast.Module, collections: dict[str, list[str]]
-) -> Iterator[tuple[ast.Call, dict[str, list[str]]]]:
-    """Metric constructor calls, each with the loop variables of its comprehension."""
+) -> Iterator[tuple[ast.Call, str, dict[str, list[str]]]]:
+    """prometheus_client metric constructions: the call, the class, the loop variables.
+
+    Calls inside a comprehension come with the values its loop variables range over,
+    so `Histogram(PREFIX + name) for name in HISTOGRAMS` yields every name.
+    """
+    imports = _Imports(tree)
     in_comprehension: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.DictComp | ast.ListComp | ast.GeneratorExp | ast.SetComp):
@@ -192,14 +226,14 @@ def _metric_calls(
                 if isinstance(gen.target, ast.Name) and isinstance(gen.iter, ast.Name)
             }
             for call in ast.walk(node):
-                if isinstance(call, ast.Call) and _constructor(call) in _SUFFIXES:
+                kind = imports.constructor(call)
+                if kind is not None and isinstance(call, ast.Call):
                     in_comprehension.add(id(call))
-                    yield call, loops
+                    yield call, kind, loops
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Call) or id(node) in in_comprehension:
-            continue
-        if _constructor(node) in _SUFFIXES:
-            yield node, {}
+        kind = imports.constructor(node)
+        if kind is not None and isinstance(node, ast.Call) and id(node) not in in_comprehension:
+            yield node, kind, {}
 
 
 def _defined_metric_samples() -> set[str]:
@@ -245,8 +279,7 @@ def _defined_metric_samples() -> set[str]:
 
     samples: set[str] = set()
     for path, tree in trees.items():
-        for call, loops in _metric_calls(tree, collections):
-            kind = _constructor(call)
+        for call, kind, loops in _metric_calls(tree, collections):
             name_node = call.args[0] if call.args else None
             name_node = next((k.value for k in call.keywords if k.arg == "name"), name_node)
             assert name_node is not None, f"{path}:{call.lineno}: metric without a name"

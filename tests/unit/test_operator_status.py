@@ -118,6 +118,13 @@ def test_conditions(seen: Observation, expected: dict[str, tuple[str, str]]) -> 
     assert all(c["message"] for c in status["conditions"])
 
 
+def test_upgrade_in_progress_still_serves() -> None:
+    rs = ray_service(True)
+    rs["status"]["conditions"].append({"type": "UpgradeInProgress", "status": "True"})
+    status = decide(Observation(generation=2, md=MD, namespace="ns", ray_service=rs), {}, NOW)
+    assert conditions(status)["Ready"] == ("True", "Upgrading")
+
+
 def test_problems_are_the_message() -> None:
     seen = Observation(generation=1, md=MD, namespace="ns", problems=["first", "second"])
     (validated,) = [c for c in decide(seen, {}, NOW)["conditions"] if c["type"] == "Validated"]

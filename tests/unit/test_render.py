@@ -76,9 +76,9 @@ def md(**spec: Any) -> ModelDeployment:
 
 
 def workers(model: ModelDeployment, image: str = "img") -> list[dict[str, Any]]:
-    return ray_service(model, image=image, namespace="team")["spec"]["rayClusterConfig"][
-        "workerGroupSpecs"
-    ]
+    cluster = ray_service(model, image=image, namespace="team")["spec"]["rayClusterConfig"]
+    groups: list[dict[str, Any]] = cluster["workerGroupSpecs"]
+    return groups
 
 
 def container(group: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -184,3 +186,20 @@ def test_stop_scanner_never_sends_part_of_a_stop() -> None:
     assert scanner.feed("N") == (" ", False)
     assert scanner.feed("D") == ("", True)
     assert scanner.text == "x "
+
+
+def test_pure_modules_import_no_engine_libraries() -> None:
+    # These modules are table-tested without a server and imported by the ingress side;
+    # pulling in Ray, vLLM or the gRPC client would make both slow and fragile.
+    code = (
+        "import sys\n"
+        "import modelfleet_serving.engines.triton_params\n"
+        "import modelfleet_serving.engines.triton_metrics\n"
+        "import modelfleet_serving.engines.triton_openai\n"
+        "heavy = {'ray', 'vllm', 'tritonclient', 'grpc', 'torch', 'transformers'}\n"
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -81,12 +81,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# How long start() waits for a server it does not own to have the model ready.
+# How long start() waits for the model on a server at `url` (a server the replica
+# starts itself has loaded its models before start() asks).
 EXTERNAL_READY_TIMEOUT_S = 120.0
 # Triton's default metrics port, for a server given by `url` alone.
 DEFAULT_METRICS_PORT = 8002
-# Requests the ingress has to give up on quickly when the server is gone.
+# One readiness probe; Serve's own health-check timeout is longer.
 HEALTH_TIMEOUT_S = 10.0
+# Gauges are read every fraction of a second: a slow answer is skipped, not awaited.
 METRICS_TIMEOUT_S = 2.0
 # gRPC status codes that mean "the server is not there (now)", as opposed to a failure.
 # A server killed mid-stream resets the call, which gRPC reports as CANCELLED; our own
@@ -120,6 +122,15 @@ class TritonEngine(Engine):
 
     async def start(self) -> None:
         """Load the tokenizer, start or reach the server, and read the model's inputs."""
+        try:
+            await self._start()
+        except BaseException:
+            # Serve discards a replica whose constructor failed without shutting it
+            # down: stop a server started for it here, or it would hold its ports.
+            await self.shutdown()
+            raise
+
+    async def _start(self) -> None:
         tokenizer_source = self._triton.tokenizer or self.config.model.source
         self._tokenizer = await asyncio.to_thread(_load_tokenizer, tokenizer_source)
         if self._triton.url:
