@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfleet_operator.api.v1alpha1 import (
+    ConditionStatus,
     EngineSpec,
     ModelDeploymentSpec,
     ModelSpec,
@@ -222,9 +223,11 @@ class CapacityFit:
     pools: tuple[PoolCapacity, ...] = ()
 
     @property
-    def condition_status(self) -> str:
+    def condition_status(self) -> ConditionStatus:
         """The CapacityFits condition's status: True, False or Unknown."""
-        return {True: "True", False: "False", None: "Unknown"}[self.fits]
+        if self.fits is None:
+            return "Unknown"
+        return "True" if self.fits else "False"
 
     def status_capacity(self) -> dict[str, Any] | None:
         """`status.capacity` (camelCase) of the most constrained pool, or None.

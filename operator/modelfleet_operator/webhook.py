@@ -31,6 +31,10 @@ from modelfleet_operator.engine_flags import lint_extra_args
 WEBHOOK_ID = "validate-modelfleet-io-v1alpha1-modeldeployment"
 WEBHOOK_PATH = f"/{WEBHOOK_ID}"
 
+# Set to "true" on a ModelDeployment to admit it although the capacity estimate says it
+# does not fit (a model the table mistakes for another, a GPU with unusual overheads).
+SKIP_CAPACITY_ANNOTATION = f"{v1alpha1.GROUP}/skip-capacity-check"
+
 # The Secret the chart mounts holds a kubernetes.io/tls pair under these names.
 CERT_FILE = "tls.crt"
 KEY_FILE = "tls.key"
@@ -63,9 +67,17 @@ def review(obj: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> Revi
     problems = list(checked.problems)
     problems += lint_extra_args(spec.engine.kind, spec.engine.extra_args)
     fit = capacity_fit(spec, local_model_config(spec.model.source))
-    if fit.fits is False:
-        problems.append(fit.message)
-    warnings = [f"capacity not checked: {fit.message}"] if fit.fits is None else []
+    warnings = []
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    if fit.fits is None:
+        warnings.append(f"capacity not checked: {fit.message}")
+    elif fit.fits is False and annotations.get(SKIP_CAPACITY_ANNOTATION) == "true":
+        warnings.append(f"capacity check skipped by {SKIP_CAPACITY_ANNOTATION}: {fit.message}")
+    elif fit.fits is False:
+        problems.append(
+            f"{fit.message} (if this estimate is wrong, annotate the object with "
+            f'{SKIP_CAPACITY_ANNOTATION}: "true")'
+        )
     return Review(problems=problems, warnings=warnings)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import socket
 import sys
@@ -43,6 +44,9 @@ def logical_cpus(config: ServingConfig) -> int:
 def _start_ray(num_cpus: int) -> None:
     import ray
 
+    # Ray runs its workers at nice 15; here they hold the engine, which must not lose
+    # the CPU to every other process on the machine.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
         try:
             ray.init(

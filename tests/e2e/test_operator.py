@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from tests.cluster.controlplane import ControlPlane, install_kuberay_crds
+from tests.cluster.controlplane import ControlPlane, ControlPlaneError, install_kuberay_crds
 
 pytestmark = pytest.mark.e2e
 
@@ -307,6 +307,7 @@ def service_account_kubeconfig(cp: ControlPlane, namespace: str, path: Path) -> 
 
 
 def install_crd(cp: ControlPlane) -> None:
+    """Apply the committed ModelDeployment CRD and wait until the apiserver serves it."""
     cp.kubectl_run(
         "apply",
         "--server-side",
@@ -314,9 +315,19 @@ def install_crd(cp: ControlPlane) -> None:
         "--field-manager=modelfleet-tests",
         f"--filename={CRD}",
     )
-    cp.kubectl_run(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.modelfleet.io"
-    )
+
+    # Polled rather than `kubectl wait`, which fails outright while a just-created CRD
+    # has no status yet.
+    def established() -> bool:
+        result = cp.kubectl_run(
+            "get",
+            "crd/modeldeployments.modelfleet.io",
+            "--output=jsonpath={.status.conditions[?(@.type=='Established')].status}",
+            check=False,
+        )
+        return result.stdout.strip() == "True"
+
+    wait_for(established, "the ModelDeployment CRD to be established", None)
 
 
 @pytest.fixture(scope="module")
@@ -685,6 +696,7 @@ def test_health_and_metrics_endpoints(operator: Operator) -> None:
     text = operator.metrics()
     assert 'modelfleet_operator_reconcile_total{result="success"}' in text
     assert "modelfleet_operator_reconcile_seconds_bucket" in text
+    assert 'modelfleet_operator_deployments{condition="Ready",status="True"}' in text
 
 
 CAN = [
@@ -764,7 +776,14 @@ def test_dependency_missing_until_kuberay_is_installed(tmp_path: Path) -> None:
             assert 'result="dependency_missing"' in op.metrics()
             assert op.healthy()
 
-            install_kuberay_crds(cp.kubeconfig, cp.kubectl)
+            # Three large CRDs: on a loaded machine one attempt can time out.
+            for attempt in range(3):
+                try:
+                    install_kuberay_crds(cp.kubeconfig, cp.kubectl)
+                    break
+                except ControlPlaneError:
+                    if attempt == 2:
+                        raise
             wait_children(kubectl, op, "needs-kuberay")
             wait_condition(kubectl, op, "needs-kuberay", "Ready", "False", "RayServiceNotReady")
             kuberay_reports_ready(kubectl, "needs-kuberay")

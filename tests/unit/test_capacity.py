@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,8 @@ from modelfleet_operator.capacity import (
     weights_bytes,
 )
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "manifests" / "examples"
 
 
 def spec(
@@ -265,3 +269,17 @@ def test_every_example_fits_or_cannot_be_checked(example: Path) -> None:
     md = yaml.safe_load(example.read_text())
     result = capacity_fit(ModelDeploymentSpec.model_validate(md["spec"]))
     assert result.fits is not False, result.message
+
+
+def test_capacity_and_flag_lint_import_no_io_framework() -> None:
+    # The webhook and the status both use these; they must stay pure (see DESIGN.md).
+    code = (
+        "import sys\n"
+        "import modelfleet_operator.capacity, modelfleet_operator.engine_flags\n"
+        "bad = {'kopf', 'kubernetes', 'ray', 'vllm', 'tritonclient'} & set(sys.modules)\n"
+        "assert not bad, bad\n"
+    )
+    paths = [str(ROOT / "operator"), str(ROOT / "serving")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

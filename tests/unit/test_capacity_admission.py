@@ -101,3 +101,15 @@ def test_configure_webhook_needs_the_certificate(tmp_path: Path) -> None:
         configure_webhook(kopf.OperatorSettings(), 9443, None, "0.0.0.0")
     with pytest.raises(FileNotFoundError, match=r"tls\.crt, tls\.key not found"):
         configure_webhook(kopf.OperatorSettings(), 9443, tmp_path, "0.0.0.0")
+
+
+def test_the_capacity_check_can_be_skipped_by_annotation() -> None:
+    obj = deployment(maxModelLen=1_048_576)
+    refused = review(obj).problems
+    assert refused and 'modelfleet.io/skip-capacity-check: "true"' in refused[0]
+    obj["metadata"]["annotations"] = {"modelfleet.io/skip-capacity-check": "true"}
+    verdict = review(obj)
+    assert verdict.problems == []
+    assert verdict.warnings[0].startswith(
+        "capacity check skipped by modelfleet.io/skip-capacity-check"
+    )

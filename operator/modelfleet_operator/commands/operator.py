@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import kopf
 
 from modelfleet_operator import metrics
@@ -24,7 +22,6 @@ def run_operator(
 
     settings = handlers.SETTINGS
     kopf.configure(verbose=False)
-    logging.getLogger("modelfleet_operator").setLevel(logging.INFO)
     metrics.serve(metrics_port, settings.bind_address)
     context = handlers.Context(
         kube=Kube(connect()), image=image or DEFAULT_IMAGE, settings=settings

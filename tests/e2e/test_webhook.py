@@ -1,0 +1,261 @@
+"""The admission webhook against a real apiserver: `kubectl apply` is refused or admitted.
+
+The webhook is served by Kopf in a subprocess, over TLS with a certificate from a
+throwaway CA, and registered with a ValidatingWebhookConfiguration that points the
+apiserver at https://127.0.0.1:<port>/<path>, the same path the chart uses. The
+configuration only selects this test's namespace, so the other tests sharing the
+control plane never meet it, and it is deleted at the end even when a test fails.
+
+Until `modelfleet operator --webhook-port/--webhook-cert-dir` is wired, the subprocess
+is a small launcher (LAUNCHER) that runs Kopf with the webhook handler alone; once the
+CLI has the flags, start `modelfleet operator` with them instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.controlplane import CertificateAuthority, ControlPlane
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "manifests" / "crds" / "modeldeployments.modelfleet.io.yaml"
+CHART_VALUES = ROOT / "helm" / "modelfleet" / "values.yaml"
+NAMESPACE = "mf-webhook-e2e"
+TIMEOUT = 90.0
+
+# Kopf with only the webhook handler registered (importing the module registers it),
+# serving on 127.0.0.1 with the certificate pair in the given directory.
+LAUNCHER = """
+import sys
+from pathlib import Path
+
+import kopf
+
+from modelfleet_operator import webhook
+
+port, cert_dir, namespace = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+settings = kopf.OperatorSettings()
+webhook.configure_webhook(settings, port, cert_dir, "127.0.0.1")
+kopf.run(standalone=True, clusterwide=False, namespaces=[namespace], settings=settings)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def chart_webhook_path() -> str:
+    path: str = yaml.safe_load(CHART_VALUES.read_text())["webhook"]["path"]
+    return path
+
+
+class Webhook:
+    """The webhook server in a subprocess, and the configuration that routes to it."""
+
+    def __init__(self, cp: ControlPlane, workdir: Path) -> None:
+        self.cp = cp
+        self.workdir = workdir
+        self.log = workdir / "webhook.log"
+        self.name = f"modelfleet-e2e-{uuid.uuid4().hex[:8]}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        ca = CertificateAuthority()
+        pair = ca.serving(["localhost"], ["127.0.0.1"])
+        cert_dir = self.workdir / "certs"
+        cert_dir.mkdir()
+        (cert_dir / "tls.crt").write_bytes(pair.cert)
+        (cert_dir / "tls.key").write_bytes(pair.key)
+        port = free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.cp.kubeconfig),
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "serving")]),
+        }
+        command = [sys.executable, "-c", LAUNCHER, str(port), str(cert_dir), NAMESPACE]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.cp.kubectl_run("apply", "-f", "-", input=json.dumps(self._configuration(ca, port)))
+
+    def _configuration(self, ca: CertificateAuthority, port: int) -> dict[str, Any]:
+        """Like the chart's, with a URL instead of a Service and this namespace only."""
+        return {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": self.name},
+            "webhooks": [
+                {
+                    "name": "modeldeployments.modelfleet.io",
+                    "admissionReviewVersions": ["v1"],
+                    "sideEffects": "None",
+                    "failurePolicy": "Fail",
+                    "timeoutSeconds": 10,
+                    "clientConfig": {
+                        "url": f"https://127.0.0.1:{port}{chart_webhook_path()}",
+                        "caBundle": base64.b64encode(ca.pair.cert).decode(),
+                    },
+                    "rules": [
+                        {
+                            "apiGroups": ["modelfleet.io"],
+                            "apiVersions": ["v1alpha1"],
+                            "operations": ["CREATE", "UPDATE"],
+                            "resources": ["modeldeployments"],
+                            "scope": "Namespaced",
+                        }
+                    ],
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}
+                    },
+                }
+            ],
+        }
+
+    def stop(self) -> None:
+        self.cp.kubectl_run(
+            "delete", "validatingwebhookconfiguration", self.name, "--ignore-not-found", check=False
+        )
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def model_deployment(name: str, **engine: Any) -> dict[str, Any]:
+    """A Llama 3 70B deployment on one pool of 80 GiB GPUs."""
+    return {
+        "apiVersion": "modelfleet.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "model": {
+                "source": "hf://meta-llama/Meta-Llama-3-70B-Instruct",
+                "servedName": "llama3-70b",
+            },
+            "engine": {"maxModelLen": 8192, **engine},
+            "nodePools": [{"name": "h100", "gpu": {"type": "H100", "memoryGiB": 80}}],
+        },
+    }
+
+
+def apply(cp: ControlPlane, obj: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
+    return cp.kubectl_run("apply", "-f", "-", *extra, input=json.dumps(obj), check=False)
+
+
+@pytest.fixture(scope="module")
+def webhook(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """The CRD, this test's namespace, and the webhook serving it, answering."""
+    cp = control_plane
+    cp.kubectl_run(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=modelfleet-tests",
+        f"--filename={CRD}",
+    )
+    cp.kubectl_run(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.modelfleet.io"
+    )
+    cp.kubectl_run("create", "namespace", NAMESPACE)
+    server = Webhook(cp, tmp_path_factory.mktemp("webhook"))
+    try:
+        server.start()
+        # The webhook answers once Kopf has started and the apiserver has seen the
+        # configuration: a server-side dry run of a bad object is then refused by it.
+        probe = model_deployment("probe", tensorParallelSize=1)
+        deadline = time.monotonic() + TIMEOUT
+        while "denied the request" not in apply(cp, probe, "--dry-run=server").stderr:
+            assert server.process is not None
+            if server.process.poll() is not None:
+                raise AssertionError(f"the webhook server exited:\n{server.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the webhook never answered:\n{server.tail()}")
+            time.sleep(1)
+        yield
+    finally:
+        server.stop()
+        cp.kubectl_run("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+
+@pytest.mark.usefixtures("webhook")
+def test_a_model_that_does_not_fit_is_refused_with_the_numbers(control_plane: ControlPlane) -> None:
+    result = apply(control_plane, model_deployment("too-big"))
+    assert result.returncode != 0
+    message = result.stderr
+    assert 'admission webhook "modeldeployments.modelfleet.io" denied the request' in message
+    assert "Llama 3 70B needs 131.5 GiB of weights per GPU" in message
+    assert "pool h100 has 80 GiB × 0.9 = 72.0 GiB usable" in message
+    assert "raise tensorParallelSize to 2" in message
+    assert (
+        control_plane.kubectl_run(
+            f"--namespace={NAMESPACE}", "get", "md", "too-big", "--ignore-not-found"
+        ).stdout.strip()
+        == ""
+    )
+
+
+@pytest.mark.usefixtures("webhook")
+def test_an_unknown_engine_flag_is_refused_with_a_suggestion(control_plane: ControlPlane) -> None:
+    obj = model_deployment("typo", tensorParallelSize=4, extraArgs={"enable-prefix-cache": True})
+    result = apply(control_plane, obj)
+    assert result.returncode != 0
+    assert (
+        "engine.extraArgs 'enable-prefix-cache' is not a known vllm flag; "
+        "did you mean 'enable-prefix-caching'?"
+    ) in result.stderr
+
+
+@pytest.mark.usefixtures("webhook")
+def test_a_good_model_is_admitted_and_a_bad_update_refused(control_plane: ControlPlane) -> None:
+    good = model_deployment("fits", tensorParallelSize=4, extraArgs={"enable-prefix-caching": True})
+    result = apply(control_plane, good)
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr.lower()
+    # An update that no longer fits is refused like a create, and the object stays as it was.
+    result = apply(control_plane, model_deployment("fits", tensorParallelSize=1))
+    assert result.returncode != 0
+    assert "raise tensorParallelSize to 2" in result.stderr
+    live = json.loads(
+        control_plane.kubectl_run(
+            f"--namespace={NAMESPACE}", "get", "md", "fits", "-o", "json"
+        ).stdout
+    )
+    assert live["spec"]["engine"]["tensorParallelSize"] == 4
+
+
+@pytest.mark.usefixtures("webhook")
+def test_what_cannot_be_checked_is_admitted_with_a_warning(control_plane: ControlPlane) -> None:
+    obj = model_deployment("cpu-only")
+    obj["spec"]["nodePools"] = [{"name": "cpu"}]
+    result = apply(control_plane, obj)
+    assert result.returncode == 0, result.stderr
+    assert "Warning: capacity not checked: no node pool has GPUs" in result.stderr
