@@ -180,10 +180,12 @@ def decide(
 
     # A pool with no replica at all cannot drain anything: start what it needs at once.
     if current == 0:
-        if queue_depth > 0 and may_scale_up:
-            needed = params.clamp(max(1, replicas_needed(queue_depth, target)))
-            return Decision(needed, _reset(state), "cold start")
-        return Decision(0, state, "idle at zero")
+        if queue_depth <= 0:
+            return Decision(0, state, "idle at zero")
+        if not may_scale_up:
+            return Decision(0, state, "up held by preference")
+        needed = params.clamp(max(1, replicas_needed(queue_depth, target)))
+        return Decision(needed, _reset(state), "cold start")
 
     load = queue_depth / (target * current)
     excess = min(load - 1, MAX_COUNTED_EXCESS)

@@ -25,10 +25,12 @@ and dicts, which keeps the cloudpickled policy small.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from modelfleet_serving.autoscaling import (
+    Decision,
     PoolObservation,
     ScalingParams,
     ScalingState,
@@ -40,6 +42,9 @@ from modelfleet_serving.config import AutoscalingConfig, PoolConfig, ServingConf
 if TYPE_CHECKING:
     from ray.serve._private.common import DeploymentID
     from ray.serve.config import AutoscalingContext
+
+# The Serve controller's logger: our reasons land next to its "Upscaling ..." lines.
+logger = logging.getLogger("ray.serve")
 
 # The custom autoscaling metric each LLM replica reports: requests waiting in its engine.
 QUEUE_DEPTH_METRIC = "modelfleet_queue_depth"
@@ -157,6 +162,17 @@ class _Policy:
         )
 
 
+def _log_change(ctx: AutoscalingContext, decision: Decision) -> None:
+    if decision.replicas != ctx.target_num_replicas:
+        logger.info(
+            "modelfleet autoscaling: %s %d -> %d replicas (%s)",
+            ctx.deployment_name,
+            ctx.target_num_replicas,
+            decision.replicas,
+            decision.reason,
+        )
+
+
 def _now(ctx: AutoscalingContext) -> float:
     # The controller fills current_time; the fallback only serves hand-built contexts.
     return ctx.current_time if ctx.current_time is not None else time.time()
@@ -175,6 +191,7 @@ class QueueDepthPolicy(_Policy):
             queue_depth=pool.queue_depth,
             replicas=pool.replicas,
         )
+        _log_change(ctx, decision)
         return decision.replicas, {_STATE_KEY: decision.state.to_dict()}
 
 
@@ -211,6 +228,8 @@ class PreferenceOrderedPolicy(_Policy):
         now = _now(contexts[ordered[0]])
         observations = [self._observe(contexts[dep_id]) for dep_id in ordered]
         decisions = decide_pools(observations, now=now)
+        for dep_id, decision in zip(ordered, decisions, strict=True):
+            _log_change(contexts[dep_id], decision)
         return (
             {dep_id: d.replicas for dep_id, d in zip(ordered, decisions, strict=True)},
             {

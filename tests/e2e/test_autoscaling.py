@@ -121,6 +121,13 @@ def _wait_for(probe: Callable[[], T | None], timeout: float, what: str, log: Pat
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     """The example deployed on a local Ray through the dashboard's Serve REST API."""
+    from modelfleet_serving.app import LLMServer
+
+    # Without it the policy sees no queue and nothing scales: fail now, not after minutes.
+    assert hasattr(LLMServer, "record_autoscaling_stats"), (
+        "app.LLMServer must report its engine's waiting queue to Ray Serve: "
+        "`async def record_autoscaling_stats(self)` returning `queue_depth_stats(waiting)`"
+    )
     md = ModelDeployment.from_object(yaml.safe_load(EXAMPLE.read_text()))
     config = serving_config(md, in_cluster=False)
     dashboard_port, serve_port = free_port(), free_port()

@@ -98,6 +98,9 @@ def test_application_policy_orders_pools_by_priority() -> None:
     # Ray accepts it as the application-level `autoscaling_policy` of a Serve config.
     parsed = RayAutoscalingConfig.model_validate({"policy": policy}).policy
     assert parsed.policy_function == "modelfleet_serving.autoscaling_ray:PreferenceOrderedPolicy"
+    # The controller unpickles it by value and instantiates it with the kwargs.
+    instance = parsed.get_policy()(**parsed.policy_kwargs)
+    assert isinstance(instance, PreferenceOrderedPolicy)
 
 
 def test_replicas_report_their_engine_queue() -> None:
