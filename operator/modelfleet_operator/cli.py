@@ -32,6 +32,8 @@ def _operator(args: argparse.Namespace) -> int:
         health_port=args.health_port,
         metrics_port=args.metrics_port,
         image=args.image,
+        webhook_port=args.webhook_port,
+        webhook_cert_dir=args.webhook_cert_dir,
     )
 
 
@@ -93,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--health-port", type=int, default=8080, help="liveness/readiness port")
     op.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port")
     op.add_argument("--image", default=None, help="default Ray image for RayServices")
+    op.add_argument(
+        "--webhook-port",
+        type=int,
+        default=None,
+        help="serve the validating admission webhook (HTTPS) on this port; default: off",
+    )
+    op.add_argument(
+        "--webhook-cert-dir",
+        type=Path,
+        default=None,
+        help="directory holding the webhook's tls.crt and tls.key",
+    )
     op.set_defaults(func=_operator)
 
     bench = sub.add_parser(
@@ -126,7 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `modelfleet` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    webhook_flags = (getattr(args, "webhook_port", None), getattr(args, "webhook_cert_dir", None))
+    if (webhook_flags[0] is None) != (webhook_flags[1] is None):
+        parser.error("--webhook-port and --webhook-cert-dir go together")
     sys.exit(args.func(args))
 
 

@@ -25,6 +25,11 @@ from modelfleet_operator import metrics
 from modelfleet_operator.api import v1alpha1
 from modelfleet_operator.api.checks import check
 from modelfleet_operator.kube import Kube
+from modelfleet_operator.monitoring import (
+    SERVICE_MONITOR_API_VERSION,
+    SERVICE_MONITOR_PLURAL,
+    monitoring_objects,
+)
 from modelfleet_operator.render import (
     ANNOTATION_SPEC_HASH,
     LABEL_MANAGED_BY,
@@ -165,6 +170,14 @@ def _reconcile(ctx: Context, md_obj: Mapping[str, Any], logger: Logger) -> Outco
         return Outcome("dependency_missing", ctx.settings.retry_delay, missing)
 
     objects = render(checked.md, image=ctx.image, namespace=namespace, owner_uid=meta["uid"])
+    objects += monitoring_objects(
+        checked.md,
+        namespace=namespace,
+        service_monitor_crd_exists=ctx.kube.serves(
+            SERVICE_MONITOR_API_VERSION, SERVICE_MONITOR_PLURAL
+        ),
+        owner_uid=meta["uid"],
+    )
     live, conflict = _apply_children(ctx, md_obj, objects)
     if conflict is not None:
         blocked = replace(seen, conflict=conflict)

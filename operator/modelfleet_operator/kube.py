@@ -27,6 +27,8 @@ _PLURALS = {
     "Service": "services",
     "RayService": RAY_SERVICES,
     v1alpha1.KIND: v1alpha1.PLURAL,
+    "ConfigMap": "configmaps",
+    "ServiceMonitor": "servicemonitors",
 }
 
 
@@ -119,6 +121,11 @@ class Kube:
         self._call(
             "PATCH", path, body={"status": patch}, content_type="application/merge-patch+json"
         )
+
+    def serves(self, api_version: str, plural: str) -> bool:
+        """Whether the API server serves `plural` in `api_version` (discovery, no RBAC)."""
+        resources = self._call("GET", f"/apis/{api_version}")
+        return plural in {r.get("name") for r in (resources or {}).get("resources", [])}
 
     def kuberay_missing(self) -> str | None:
         """Why RayServices cannot be created (their CRD is not served), or None.

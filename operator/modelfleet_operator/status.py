@@ -19,9 +19,11 @@ from modelfleet_operator.api.v1alpha1 import (
     ModelDeploymentStatus,
     PoolStatus,
 )
+from modelfleet_operator.capacity import capacity_fit
 from modelfleet_operator.render import APP_NAME, endpoint, namespace_of
 
 VALIDATED = "Validated"
+CAPACITY_FITS = "CapacityFits"
 RAY_SERVICE_READY = "RayServiceReady"
 READY = "Ready"
 
@@ -155,22 +157,30 @@ def decide(seen: Observation, previous_status: Mapping[str, Any], now: str) -> d
         message = "; ".join(seen.problems) or "the spec could not be read"
         conditions = [
             cond(VALIDATED, "False", REASON_INVALID, message),
+            cond(CAPACITY_FITS, "Unknown", REASON_INVALID, "not checked: the spec is invalid"),
             cond(RAY_SERVICE_READY, "False", REASON_INVALID, "not created: the spec is invalid"),
             cond(READY, "False", REASON_INVALID, message),
         ]
     else:
+        # The capacity fit is an estimate: it informs (and the admission webhook gates
+        # on it), but a RayService is still created when it says the model won't fit.
+        fit = capacity_fit(md.spec)
         valid = cond(VALIDATED, "True", REASON_VALID, "the spec is valid")
+        fits = cond(CAPACITY_FITS, fit.condition_status, fit.reason, fit.message)
+        extra["capacity"] = fit.status_capacity()
         name = md.metadata.name
         if seen.dependency_missing is not None:
             why = seen.dependency_missing
             conditions = [
                 valid,
+                fits,
                 cond(RAY_SERVICE_READY, "False", REASON_DEPENDENCY_MISSING, why),
                 cond(READY, "False", REASON_DEPENDENCY_MISSING, why),
             ]
         elif seen.conflict is not None:
             conditions = [
                 valid,
+                fits,
                 cond(RAY_SERVICE_READY, "False", REASON_CONFLICT, seen.conflict),
                 cond(READY, "False", REASON_CONFLICT, seen.conflict),
             ]
@@ -183,6 +193,7 @@ def decide(seen: Observation, previous_status: Mapping[str, Any], now: str) -> d
             )
             conditions = [
                 valid,
+                fits,
                 cond(RAY_SERVICE_READY, "True" if ready else "False", reason, message),
                 _ready(cond, md, url, upgrading(seen.ray_service))
                 if ready
@@ -191,7 +202,7 @@ def decide(seen: Observation, previous_status: Mapping[str, Any], now: str) -> d
             cluster = (
                 ((seen.ray_service or {}).get("status") or {}).get("activeServiceStatus") or {}
             ).get("rayClusterStatus") or {}
-            extra = {
+            extra |= {
                 "endpoint": url,
                 "ray_service": name,
                 "ready_replicas": cluster.get("readyWorkerReplicas", 0),

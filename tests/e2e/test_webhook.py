@@ -1,14 +1,11 @@
 """The admission webhook against a real apiserver: `kubectl apply` is refused or admitted.
 
-The webhook is served by Kopf in a subprocess, over TLS with a certificate from a
-throwaway CA, and registered with a ValidatingWebhookConfiguration that points the
-apiserver at https://127.0.0.1:<port>/<path>, the same path the chart uses. The
-configuration only selects this test's namespace, so the other tests sharing the
-control plane never meet it, and it is deleted at the end even when a test fails.
-
-Until `modelfleet operator --webhook-port/--webhook-cert-dir` is wired, the subprocess
-is a small launcher (LAUNCHER) that runs Kopf with the webhook handler alone; once the
-CLI has the flags, start `modelfleet operator` with them instead.
+The webhook is served by `modelfleet operator --webhook-port` in a subprocess, over
+TLS with a certificate from a throwaway CA, and registered with a
+ValidatingWebhookConfiguration that points the apiserver at
+https://127.0.0.1:<port>/<path>, the same path the chart uses. The configuration only
+selects this test's namespace, so the other tests sharing the control plane never
+meet it, and it is deleted at the end even when a test fails.
 """
 
 from __future__ import annotations
@@ -39,23 +36,9 @@ CHART_VALUES = ROOT / "helm" / "modelfleet" / "values.yaml"
 NAMESPACE = "mf-webhook-e2e"
 TIMEOUT = 90.0
 
+
 # Kopf with only the webhook handler registered (importing the module registers it),
 # serving on 127.0.0.1 with the certificate pair in the given directory.
-LAUNCHER = """
-import sys
-from pathlib import Path
-
-import kopf
-
-from modelfleet_operator import webhook
-
-port, cert_dir, namespace = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-settings = kopf.OperatorSettings()
-webhook.configure_webhook(settings, port, cert_dir, "127.0.0.1")
-kopf.run(standalone=True, clusterwide=False, namespaces=[namespace], settings=settings)
-"""
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,9 +72,18 @@ class Webhook:
         env = {
             **os.environ,
             "KUBECONFIG": str(self.cp.kubeconfig),
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "serving")]),
+            "MODELFLEET_OPERATOR_BIND_ADDRESS": "127.0.0.1",
         }
-        command = [sys.executable, "-c", LAUNCHER, str(port), str(cert_dir), NAMESPACE]
+        # The operator as the chart runs it, watching only this test's namespace.
+        command = [
+            str(Path(sys.executable).with_name("modelfleet")),
+            "operator",
+            f"--namespace={NAMESPACE}",
+            f"--health-port={free_port()}",
+            f"--metrics-port={free_port()}",
+            f"--webhook-port={port}",
+            f"--webhook-cert-dir={cert_dir}",
+        ]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -56,6 +56,7 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
             Observation(generation=3, md=MD, namespace="ns", problems=["pool 'a' is wrong"]),
             {
                 "Validated": ("False", "InvalidSpec"),
+                "CapacityFits": ("Unknown", "InvalidSpec"),
                 "RayServiceReady": ("False", "InvalidSpec"),
                 "Ready": ("False", "InvalidSpec"),
             },
@@ -64,6 +65,7 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
             Observation(generation=3, md=None, namespace="ns", problems=["spec.x: bad"]),
             {
                 "Validated": ("False", "InvalidSpec"),
+                "CapacityFits": ("Unknown", "InvalidSpec"),
                 "RayServiceReady": ("False", "InvalidSpec"),
                 "Ready": ("False", "InvalidSpec"),
             },
@@ -72,6 +74,7 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
             Observation(generation=3, md=MD, namespace="ns", dependency_missing="no KubeRay"),
             {
                 "Validated": ("True", "Valid"),
+                "CapacityFits": ("Unknown", "UnknownModel"),
                 "RayServiceReady": ("False", "DependencyMissing"),
                 "Ready": ("False", "DependencyMissing"),
             },
@@ -80,6 +83,7 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
             Observation(generation=3, md=MD, namespace="ns", conflict="Service taken"),
             {
                 "Validated": ("True", "Valid"),
+                "CapacityFits": ("Unknown", "UnknownModel"),
                 "RayServiceReady": ("False", "OwnershipConflict"),
                 "Ready": ("False", "OwnershipConflict"),
             },
@@ -88,6 +92,7 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
             Observation(generation=3, md=MD, namespace="ns", ray_service=ray_service(None)),
             {
                 "Validated": ("True", "Valid"),
+                "CapacityFits": ("Unknown", "UnknownModel"),
                 "RayServiceReady": ("False", "WaitingForKubeRay"),
                 "Ready": ("False", "RayServiceNotReady"),
             },
@@ -96,6 +101,7 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
             Observation(generation=3, md=MD, namespace="ns", ray_service=ray_service(False)),
             {
                 "Validated": ("True", "Valid"),
+                "CapacityFits": ("Unknown", "UnknownModel"),
                 "RayServiceReady": ("False", "ZeroServeEndpoints"),
                 "Ready": ("False", "RayServiceNotReady"),
             },
@@ -104,6 +110,7 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
             Observation(generation=3, md=MD, namespace="ns", ray_service=ray_service(True)),
             {
                 "Validated": ("True", "Valid"),
+                "CapacityFits": ("Unknown", "UnknownModel"),
                 "RayServiceReady": ("True", "NonZeroServeEndpoints"),
                 "Ready": ("True", "Serving"),
             },
@@ -159,7 +166,38 @@ def test_transition_time_kept_while_status_unchanged() -> None:
         Observation(generation=1, md=MD, namespace="ns", ray_service=ray_service(True)), first, NOW
     )
     times = {c["type"]: c["lastTransitionTime"] for c in ready["conditions"]}
-    assert times == {"Validated": BEFORE, "RayServiceReady": NOW, "Ready": NOW}
+    assert times == {
+        "Validated": BEFORE,
+        "CapacityFits": BEFORE,
+        "RayServiceReady": NOW,
+        "Ready": NOW,
+    }
+
+
+def test_capacity_is_estimated_for_a_known_model() -> None:
+    md = ModelDeployment.from_object(
+        {
+            "metadata": {"name": "q", "namespace": "ns"},
+            "spec": {
+                "model": {"source": "hf://Qwen/Qwen2-7B-Instruct", "servedName": "qwen2-7b"},
+                "engine": {"maxModelLen": 8192},
+                "nodePools": [{"name": "l20", "gpu": {"type": "L20", "memoryGiB": 48}}],
+            },
+        }
+    )
+    status = decide(Observation(generation=1, md=md, namespace="ns"), {}, NOW)
+    assert conditions(status)["CapacityFits"] == ("True", "Fits")
+    capacity = status["capacity"]
+    assert capacity["pool"] == "l20"
+    # 7.6 B parameters at 2 bytes each on one GPU.
+    assert 13 < capacity["weightsGiBPerGpu"] < 16
+    assert capacity["kvCacheTokens"] > 8192
+    assert capacity["maxConcurrentAtMaxLen"] == capacity["kvCacheTokens"] // 8192
+
+
+def test_invalid_status_has_no_capacity() -> None:
+    status = decide(Observation(generation=1, md=MD, namespace="ns", problems=["x"]), {}, NOW)
+    assert "capacity" not in status
 
 
 def test_status_patch_only_when_changed() -> None:

@@ -349,7 +349,7 @@ class Condition(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
 
-    type: str = Field(description="Validated, RayServiceReady or Ready.")
+    type: str = Field(description="Validated, CapacityFits, RayServiceReady or Ready.")
     status: ConditionStatus
     reason: str = Field(description="CamelCase word for machines.")
     message: str = Field(default="", description="What happened and what to do, for people.")
@@ -373,6 +373,23 @@ class PoolStatus(BaseModel):
     message: str = ""
     min_replicas: int
     max_replicas: int
+
+
+class CapacityStatus(BaseModel):
+    """Estimated capacity of one replica in the most constrained GPU pool."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    pool: str = Field(description="The GPU pool with the fewest KV-cache tokens.")
+    weights_gib_per_gpu: float = Field(
+        alias="weightsGiBPerGpu", description="Model weights per GPU, GiB."
+    )
+    kv_cache_tokens: int | None = Field(
+        default=None, description="Tokens the KV cache of one replica holds."
+    )
+    max_concurrent_at_max_len: int | None = Field(
+        default=None, description="Sequences of maxModelLen tokens one replica holds at once."
+    )
 
 
 class ModelDeploymentStatus(BaseModel):
@@ -408,6 +425,9 @@ class ModelDeploymentStatus(BaseModel):
         },
     )
     ray_service: str | None = Field(default=None, description="Name of the owned RayService.")
+    capacity: CapacityStatus | None = Field(
+        default=None, description="Estimated from the spec; absent when it cannot be."
+    )
 
 
 class ObjectMeta(BaseModel):

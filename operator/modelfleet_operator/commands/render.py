@@ -9,7 +9,8 @@ from typing import Any
 import yaml
 
 from modelfleet_operator.api.checks import check
-from modelfleet_operator.render import DEFAULT_IMAGE
+from modelfleet_operator.monitoring import monitoring_objects
+from modelfleet_operator.render import DEFAULT_IMAGE, namespace_of
 from modelfleet_operator.render import render as render_objects
 
 
@@ -39,11 +40,19 @@ def render_documents(obj: dict[str, Any], *, image: str | None, namespace: str) 
     if checked.md is None or checked.problems:
         raise ValueError("\n".join(checked.problems))
     objects = render_objects(checked.md, image=image or DEFAULT_IMAGE, namespace=namespace)
+    # Shown as on a cluster with the Prometheus Operator: there the operator also
+    # creates the ServiceMonitor the spec asks for.
+    objects += monitoring_objects(
+        checked.md,
+        namespace=namespace_of(checked.md, namespace),
+        service_monitor_crd_exists=True,
+        owner_uid=None,
+    )
     return dump(objects)
 
 
 def render(file: Path, image: str | None, namespace: str) -> int:
-    """Print the RayService and Service for the ModelDeployment in `file`; 1 on errors."""
+    """Print the objects the operator creates for the ModelDeployment in `file`; 1 on errors."""
     try:
         obj = yaml.safe_load(file.read_text())
     except (OSError, yaml.YAMLError) as error:
