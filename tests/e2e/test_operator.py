@@ -387,9 +387,12 @@ def test_example_creates_children_as_in_golden_and_becomes_ready(
     md = kubectl.get("md", name)
     assert md is not None
 
-    golden = list(yaml.safe_load_all((GOLDEN / f"{path.stem}.yaml").read_text()))
-    for live, expected in zip((rs, svc), golden, strict=True):
-        assert live["kind"] == expected["kind"]
+    golden = {
+        doc["kind"]: doc for doc in yaml.safe_load_all((GOLDEN / f"{path.stem}.yaml").read_text())
+    }
+    # The monitoring children are covered by test_monitoring.py; these two carry the model.
+    for live in (rs, svc):
+        expected = golden[live["kind"]]
         diffs = contains(live["spec"], expected["spec"], "spec")
         diffs += contains(live["metadata"]["labels"], expected["metadata"]["labels"], "labels")
         diffs += contains(
@@ -417,8 +420,10 @@ def test_example_creates_children_as_in_golden_and_becomes_ready(
     assert {p["name"]: p["state"] for p in status["pools"]} == {
         p["name"]: "HEALTHY" for p in ready["spec"]["nodePools"]
     }
-    reasons = [e["reason"] for e in kubectl.events(name)]
-    assert reasons.count("Created") == 2, reasons
+    created = [e["message"] for e in kubectl.events(name) if e["reason"] == "Created"]
+    # One event per child, each child once (monitoring children depend on the CRDs).
+    assert len(created) == len(set(created)), created
+    assert {f"created RayService {name}", f"created Service {name}-openai"} <= set(created)
 
     # KubeRay losing its endpoints shows through.
     kuberay_reports_ready(kubectl, name, ready=False)
