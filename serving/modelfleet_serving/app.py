@@ -25,7 +25,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -51,6 +50,7 @@ from modelfleet_serving.errors import (
 from modelfleet_serving.metrics import NO_POOL, IngressMetrics
 from modelfleet_serving.routing import PoolChoice, PoolLoad, choose_pool
 from modelfleet_serving.stats_hub import stats_hub
+from modelfleet_serving.streaming import coalesce
 from modelfleet_serving.telemetry import (
     RUNNING,
     STARTING,
@@ -70,49 +70,11 @@ STALE_AFTER_S = 10.0
 # CPU reserved by the ingress: it mostly waits on I/O, and a laptop's local Ray must
 # still fit the LLM replicas next to it.
 INGRESS_NUM_CPUS = 0.1
-_NOTHING = object()
-
-
-async def _coalesce(source: AsyncIterator[EngineItem]) -> AsyncIterator[EngineItem]:
-    """Yield `source`'s items, joining SSE texts that are ready at the same time.
-
-    Every item crossing a Serve handle costs a Ray object; under load the engine makes
-    tokens faster than they can be shipped one by one, so whatever text has piled up
-    goes as one item. When idle the first text goes at once: no added latency.
-    """
-    queue: asyncio.Queue[EngineItem | BaseException | None] = asyncio.Queue()
-
-    async def pump() -> None:
-        try:
-            async with aclosing(source) as items:  # type: ignore[type-var]
-                async for item in items:
-                    queue.put_nowait(item)
-            queue.put_nowait(None)
-        except Exception as e:
-            # Handed to the consumer, which raises it in the caller's context.
-            queue.put_nowait(e)
-
-    task = asyncio.create_task(pump())
-    try:
-        held: Any = await queue.get()
-        while held is not None:
-            if isinstance(held, BaseException):
-                raise held
-            item, held = held, _NOTHING
-            if isinstance(item, str):
-                parts = [item]
-                while not queue.empty():
-                    ready = queue.get_nowait()
-                    if not isinstance(ready, str):
-                        held = ready
-                        break
-                    parts.append(ready)
-                item = "".join(parts)
-            yield item
-            if held is _NOTHING:
-                held = await queue.get()
-    finally:
-        task.cancel()
+# How long an LLM replica collects streamed text before sending it on (see
+# streaming.py): at least this, and longer when many streams would together send more
+# than STREAM_ITEMS_PER_S items a second through the Serve handles.
+STREAM_BATCH_INTERVAL_S = 0.025
+STREAM_ITEMS_PER_S = 400.0
 
 
 class LLMServer:
@@ -124,6 +86,7 @@ class LLMServer:
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._hub = stats_hub(self._config.name)
         self._state = STARTING
+        self._streams = 0
         self._engine = create_engine(self._config)
         # Report from the start, so `replicas{state="starting"}` shows slow loads.
         self._reporter = asyncio.create_task(self._report_loop())
@@ -174,14 +137,20 @@ class LLMServer:
             yield item
 
     async def _run(self, items: AsyncIterator[EngineItem]) -> AsyncIterator[EngineItem | ErrorInfo]:
+        self._streams += 1
         try:
-            async for item in _coalesce(items):
+            async for item in coalesce(items, self._batch_interval):
                 yield item
         except ServingError as e:
             yield e.info
         except Exception as e:
             logger.exception("request failed in the engine")
             yield internal(f"the engine failed: {e}")
+        finally:
+            self._streams -= 1
+
+    def _batch_interval(self) -> float:
+        return max(STREAM_BATCH_INTERVAL_S, self._streams / STREAM_ITEMS_PER_S)
 
     async def __del__(self) -> None:
         self._reporter.cancel()

@@ -766,11 +766,27 @@ def install_kuberay_crds(kubeconfig: Path, kubectl: Path | None = None) -> None:
     kubectl = kubectl or ensure_binaries() / "kubectl"
     files = [f"--filename={kuberay_crd_dir() / name}" for name in KUBERAY_CRDS]
     with tempfile.TemporaryDirectory(prefix="modelfleet-kubectl-cache-") as cache:
-        for args in (
-            ["apply", "--server-side", "--field-manager=modelfleet-tests", *files],
-            ["wait", "--for=condition=Established", "--timeout=60s", *files],
-        ):
-            run_kubectl(kubectl, kubeconfig, *args, cache_dir=Path(cache))
+        run_kubectl(
+            kubectl,
+            kubeconfig,
+            "apply",
+            "--server-side",
+            "--field-manager=modelfleet-tests",
+            *files,
+            cache_dir=Path(cache),
+        )
+        # Establishing three megabyte-sized CRDs takes seconds on an idle machine but
+        # minutes when vLLM replicas load the cores, hence the generous limit.
+        run_kubectl(
+            kubectl,
+            kubeconfig,
+            "wait",
+            "--for=condition=Established",
+            "--timeout=300s",
+            *files,
+            cache_dir=Path(cache),
+            timeout=330,
+        )
 
 
 # ---------------------------------------------------------------------------------- CLI
