@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints
+import grpc
 import httpx
 import tritonclient.grpc.aio as triton_grpc
 from tritonclient.grpc import InferInput
