@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from modelfleet_serving.autoscaling_ray import application_policy_for
 from modelfleet_serving.config import ServingConfig
 
 from modelfleet_operator import __version__
@@ -37,6 +38,8 @@ RAY_VERSION = "2.60.0"
 APP_NAME = "modelfleet"
 APP_IMPORT_PATH = "modelfleet_serving.app:app_builder"
 SERVE_PORT = 8000
+# Seconds a Ray worker pod stays idle before the Ray autoscaler removes it.
+WORKER_IDLE_TIMEOUT_S = 60
 
 LABEL_DEPLOYMENT = "modelfleet.io/deployment"
 LABEL_POOL = "modelfleet.io/pool"
@@ -120,7 +123,13 @@ def cluster_serving_config(md: ModelDeployment) -> ServingConfig:
 
 
 def serve_config(md: ModelDeployment) -> str:
-    """The RayService's `serveConfigV2`: one Serve application built from the ServingConfig."""
+    """The RayService's `serveConfigV2`: one Serve application built from the ServingConfig.
+
+    The application-level autoscaling policy sees every pool at once: it scales the
+    preferred pool up first and the least preferred down first. Ray accepts it only
+    from a config like this one, which is why it is set here and not in the app.
+    """
+    config = cluster_serving_config(md)
     document = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
@@ -131,9 +140,8 @@ def serve_config(md: ModelDeployment) -> str:
                 "import_path": APP_IMPORT_PATH,
                 # Unset (None) fields are left out: the app fills in the same defaults,
                 # and the RayService does not churn when the config gains a field.
-                "args": {
-                    "config": cluster_serving_config(md).model_dump(mode="json", exclude_none=True)
-                },
+                "args": {"config": config.model_dump(mode="json", exclude_none=True)},
+                "autoscaling_policy": application_policy_for(config),
             }
         ],
     }
@@ -304,9 +312,10 @@ def ray_service_spec(md: ModelDeployment, image: str) -> Object:
             "enableInTreeAutoscaling": True,
             "autoscalerOptions": {
                 "upscalingMode": "Default",
-                # Idle Ray workers go after the spec's downscale delay, so pods follow
-                # the Serve replicas the queue-depth policy removes.
-                "idleTimeoutSeconds": int(md.spec.autoscaling.downscale_delay_seconds),
+                # Serve already waited the spec's downscale delay before removing a
+                # replica; its GPU pod then goes after a short idle time of its own
+                # instead of waiting that delay a second time.
+                "idleTimeoutSeconds": WORKER_IDLE_TIMEOUT_S,
             },
             "headGroupSpec": _head_group(md, image, env, env_from),
             "workerGroupSpecs": [
