@@ -34,6 +34,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modelfleet_serving.autoscaling_ray import autoscaling_config_for, queue_depth_stats
 from modelfleet_serving.config import ServingConfig
 from modelfleet_serving.engines import EngineItem, EngineStats, create_engine
 from modelfleet_serving.errors import (
@@ -117,6 +118,11 @@ class LLMServer:
                 # Metrics must never take serving down; the next round retries.
                 logger.warning("stats report failed", exc_info=True)
             await asyncio.sleep(REPORT_INTERVAL_S)
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """The queue-depth metric Serve hands to our autoscaling policy (autoscaling_ray)."""
+        waiting = (await self._engine.stats()).waiting if self._state == RUNNING else 0
+        return queue_depth_stats(waiting)
 
     async def check_health(self) -> None:
         """Serve's health probe: a dead engine fails it, and Serve replaces the replica."""
@@ -226,7 +232,11 @@ class OpenAIIngress:
         self._summaries: dict[str, PoolSummary] = summarize(
             [], [p.name for p in self._config.pools], now=time.time(), stale_after=STALE_AFTER_S
         )
-        self._metrics = IngressMetrics(self._config.model.served_name, lambda: self._summaries)
+        self._metrics = IngressMetrics(
+            self._config.model.served_name,
+            lambda: self._summaries,
+            target_queue_depth=self._config.autoscaling.target_queue_depth,
+        )
         self._hub = stats_hub(self._config.name)
         self._refresher = asyncio.create_task(self._refresh_loop())
 
@@ -428,10 +438,8 @@ class OpenAIIngress:
 def build_app(config: ServingConfig) -> serve.Application:
     """The Serve application for `config`: the ingress bound to one LLM deployment per pool."""
     data = config.model_dump(mode="json")
-    autoscaling = config.autoscaling
-    # Serve scales on requests per replica (running + queued). Our target is a queue
-    # depth, so a replica is "on target" when its batch is full and that many wait.
-    target_ongoing = config.engine.max_num_seqs + autoscaling.target_queue_depth
+    # A replica is on target when its batch is full and the target queue waits behind it.
+    target_ongoing = config.engine.max_num_seqs + config.autoscaling.target_queue_depth
     pools = []
     for pool in config.pools:
         actor_options: dict[str, Any] = {"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus}
@@ -444,14 +452,9 @@ def build_app(config: ServingConfig) -> serve.Application:
                 # Let the engine, not Serve, hold the queue: its waiting count is what
                 # the metrics and the pool choice read, and it batches continuously.
                 max_ongoing_requests=max(int(target_ongoing * 2), config.max_queued_requests),
-                autoscaling_config={
-                    "min_replicas": pool.min_replicas,
-                    "initial_replicas": max(pool.min_replicas, 1),
-                    "max_replicas": pool.max_replicas,
-                    "target_ongoing_requests": target_ongoing,
-                    "upscale_delay_s": autoscaling.upscale_delay_s,
-                    "downscale_delay_s": autoscaling.downscale_delay_s,
-                },
+                # Scaled on the engine's waiting queue by our policy, not on Serve's
+                # count of ongoing requests.
+                autoscaling_config=autoscaling_config_for(pool, config),
                 health_check_period_s=10,
                 # A busy engine on a loaded CPU can be slow to answer its probe.
                 health_check_timeout_s=30,

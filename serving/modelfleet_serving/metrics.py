@@ -40,6 +40,7 @@ METRIC_NAMES = (
     "requests_running",
     "kv_cache_usage_ratio",
     "replicas",
+    "autoscaling_target_queue_depth",
 )
 
 _HELP = {
@@ -57,9 +58,15 @@ NO_POOL = "none"
 
 
 class _EngineCollector(Collector):
-    def __init__(self, model: str, summaries: Callable[[], Mapping[str, PoolSummary]]) -> None:
+    def __init__(
+        self,
+        model: str,
+        summaries: Callable[[], Mapping[str, PoolSummary]],
+        target_queue_depth: float,
+    ) -> None:
         self._model = model
         self._summaries = summaries
+        self._target_queue_depth = target_queue_depth
 
     def collect(self) -> Iterator[Metric]:
         summaries = self._summaries()
@@ -86,8 +93,14 @@ class _EngineCollector(Collector):
         replicas = GaugeMetricFamily(
             PREFIX + "replicas", "LLM replicas by state.", labels=[*labels, "state"]
         )
+        target = GaugeMetricFamily(
+            PREFIX + "autoscaling_target_queue_depth",
+            "Waiting requests per replica the autoscaler aims at (targetQueueDepth).",
+            labels=labels,
+        )
         for pool, summary in sorted(summaries.items()):
             values = [self._model, pool]
+            target.add_metric(values, self._target_queue_depth)
             for name, hist in summary.telemetry.histograms.items():
                 histograms[name].add_metric(
                     values, [(b, float(c)) for b, c in hist.cumulative()], hist.sum
@@ -100,13 +113,19 @@ class _EngineCollector(Collector):
             for state, count in sorted(summary.replicas.items()):
                 replicas.add_metric([*values, state], count)
         yield from histograms.values()
-        yield from (prompt, generation, waiting, running, kv, replicas)
+        yield from (prompt, generation, waiting, running, kv, replicas, target)
 
 
 class IngressMetrics:
     """The ingress's registry: its request counter plus the engines' reports."""
 
-    def __init__(self, model: str, summaries: Callable[[], Mapping[str, PoolSummary]]) -> None:
+    def __init__(
+        self,
+        model: str,
+        summaries: Callable[[], Mapping[str, PoolSummary]],
+        *,
+        target_queue_depth: float,
+    ) -> None:
         self.model = model
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter(
@@ -115,7 +134,7 @@ class IngressMetrics:
             [*LABELS, "code"],
             registry=self.registry,
         )
-        self.registry.register(_EngineCollector(model, summaries))
+        self.registry.register(_EngineCollector(model, summaries, target_queue_depth))
 
     def count(self, pool: str, status: int) -> None:
         """Count one answered request."""

@@ -70,7 +70,7 @@ def test_summarize_adds_fresh_gauges_and_all_counters() -> None:
 
 def test_metrics_expose_every_design_name_with_labels() -> None:
     summaries = summarize([_report("cpu", "r1", at=1, running=2)], ["cpu"], now=1, stale_after=10)
-    metrics = IngressMetrics("tiny", lambda: summaries)
+    metrics = IngressMetrics("tiny", lambda: summaries, target_queue_depth=8)
     metrics.count("cpu", 200)
     text = metrics.render().decode()
     for name in METRIC_NAMES:
@@ -80,4 +80,5 @@ def test_metrics_expose_every_design_name_with_labels() -> None:
     assert 'modelfleet_requests_running{model="tiny",pool="cpu"} 2.0' in text
     assert 'modelfleet_generation_tokens_total{model="tiny",pool="cpu"} 4.0' in text
     assert 'modelfleet_replicas{model="tiny",pool="cpu",state="running"} 1.0' in text
+    assert 'modelfleet_autoscaling_target_queue_depth{model="tiny",pool="cpu"} 8.0' in text
     assert 'modelfleet_time_to_first_token_seconds_count{model="tiny",pool="cpu"} 1.0' in text
