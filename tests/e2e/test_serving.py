@@ -125,7 +125,9 @@ async def test_sixteen_concurrent_streams_are_batched(tiny_cpu_serve: str) -> No
     body = {
         "model": MODEL,
         "prompt": "Write a long story about the sea",
-        "max_tokens": 200,
+        # Long enough that the streams overlap for seconds even on an idle machine,
+        # while the running gauge is reported twice a second.
+        "max_tokens": 450,
         "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -146,9 +148,9 @@ async def test_sixteen_concurrent_streams_are_batched(tiny_cpu_serve: str) -> No
         peak = 0.0
         while not streams.done():
             peak = max(peak, await _running_gauge(client, base))
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
         tokens = await streams
-    assert tokens == [200] * 16
+    assert tokens == [450] * 16
     # The engine's own scheduler ran more than one of them in the same batch.
     assert peak > 1, peak
 
