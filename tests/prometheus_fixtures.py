@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,19 +15,13 @@ import httpx
 import pytest
 from modelfleet_operator.dashboards import panel_queries
 
+from tests.helpers import free_port
+
 SCRAPE_INTERVAL_S = 1
 # Grafana makes $__rate_interval at least four scrape intervals; a little more keeps a
 # rate defined even when one scrape of a loaded two-core machine comes late.
 RATE_INTERVAL = "15s"
 START_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def substitute(expr: str, variables: dict[str, str]) -> str:

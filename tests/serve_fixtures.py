@@ -41,12 +41,12 @@ def tiny_cpu_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             command, stdout=log, stderr=subprocess.STDOUT, cwd=_ROOT, start_new_session=True
         )
     try:
-        yield _wait_for_serving(process, log_path)
+        yield wait_for_serving(process, log_path)
     finally:
-        _stop_group(process)
+        stop_group(process)
 
 
-def _wait_for_serving(process: subprocess.Popen[bytes], log_path: Path) -> str:
+def wait_for_serving(process: subprocess.Popen[bytes], log_path: Path) -> str:
     deadline = time.monotonic() + _SERVE_START_TIMEOUT_S
     while time.monotonic() < deadline:
         found = _SERVING_LINE.search(log_path.read_text(errors="replace"))
@@ -59,7 +59,7 @@ def _wait_for_serving(process: subprocess.Popen[bytes], log_path: Path) -> str:
     pytest.fail(f"`modelfleet serve` did not come up (exit code {process.poll()}):\n{tail}")
 
 
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
+def stop_group(process: subprocess.Popen[bytes]) -> None:
     """Ctrl-C first, so the command shuts Ray down itself; then kill what is left."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGINT)

@@ -702,7 +702,7 @@ class ControlPlane:
             self._api_client.close()
             self._api_client = None
         for name in reversed(list(self._processes)):
-            _stop_group(self._processes.pop(name))
+            stop_group(self._processes.pop(name))
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
@@ -726,7 +726,7 @@ class ControlPlane:
         )
 
 
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
+def stop_group(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM the process group, then SIGKILL it if it has not exited in time."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):

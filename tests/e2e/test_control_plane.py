@@ -3,7 +3,6 @@
 import json
 import subprocess
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,21 +11,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.controlplane import BINARIES, ControlPlane, ensure_binaries, versions
+from tests.helpers import unique_name, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def _unique(prefix: str) -> str:
-    """A name no other test in the shared session uses."""
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 def _gone(read: Callable[[], object]) -> bool:
@@ -135,14 +122,14 @@ def test_crd_cel_rule_is_enforced_by_the_apiserver(control_plane: ControlPlane) 
             "spec": {"min": low, "max": high},
         }
 
-    valid = _unique("valid")
+    valid = unique_name("valid")
     objects.create_namespaced_custom_object(plural="ranges", body=body(valid, 1, 3), **where)
     stored = objects.get_namespaced_custom_object(plural="ranges", name=valid, **where)
     assert stored["spec"] == {"min": 1, "max": 3}
 
     with pytest.raises(ApiException) as refused:
         objects.create_namespaced_custom_object(
-            plural="ranges", body=body(_unique("invalid"), 5, 2), **where
+            plural="ranges", body=body(unique_name("invalid"), 5, 2), **where
         )
     assert refused.value.status == 422
     assert "spec.min must not be greater than spec.max" in refused.value.body
@@ -150,7 +137,7 @@ def test_crd_cel_rule_is_enforced_by_the_apiserver(control_plane: ControlPlane) 
 
 def test_garbage_collector_and_namespace_controller_run(control_plane: ControlPlane) -> None:
     core = client.CoreV1Api(control_plane.api_client)
-    namespace = _unique("e2e-gc")
+    namespace = unique_name("e2e-gc")
     core.create_namespace({"metadata": {"name": namespace}})
 
     owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
@@ -165,7 +152,7 @@ def test_garbage_collector_and_namespace_controller_run(control_plane: ControlPl
         namespace, {"metadata": {"name": "dependent", "ownerReferences": [reference]}}
     )
     core.delete_namespaced_config_map("owner", namespace)
-    _wait_until(
+    wait_until(
         lambda: _gone(lambda: core.read_namespaced_config_map("dependent", namespace)),
         "the garbage collector to delete the dependent ConfigMap",
     )
@@ -173,7 +160,7 @@ def test_garbage_collector_and_namespace_controller_run(control_plane: ControlPl
     # The namespace controller empties a deleted namespace, then removes it.
     core.create_namespaced_config_map(namespace, {"metadata": {"name": "leftover"}})
     core.delete_namespace(namespace)
-    _wait_until(
+    wait_until(
         lambda: _gone(lambda: core.read_namespace(namespace)),
         "the namespace controller to remove the namespace",
     )

@@ -12,9 +12,7 @@ import base64
 import json
 import os
 import subprocess
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from tests.cluster.controlplane import ControlPlane, ControlPlaneError
 from tests.helm.binary import ensure_helm
 from tests.helm.chart import CHART_DIR, INSTALL_FILE, NAMESPACE, RELEASE
 from tests.helm.render import Object, helm_args, parse
+from tests.helpers import unique_name, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -33,18 +32,6 @@ CRD_NAME = "modeldeployments.modelfleet.io"
 PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator"
 PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
 MONITOR_CRDS = ("servicemonitors", "podmonitors")
-
-
-def _unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
-
-
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 class Helm:
@@ -164,7 +151,7 @@ def test_lint_passes(helm: Helm) -> None:
 
 
 def test_template_is_accepted_by_the_apiserver(control_plane: ControlPlane, helm: Helm) -> None:
-    namespace = _unique("helm-dry")
+    namespace = unique_name("helm-dry")
     _create_namespace(control_plane, namespace)
     try:
         manifest = helm(*helm_args(), "--include-crds", "--namespace", namespace).stdout
@@ -179,7 +166,7 @@ def test_template_is_accepted_by_the_apiserver(control_plane: ControlPlane, helm
 def test_every_option_is_accepted_by_the_apiserver(
     control_plane: ControlPlane, helm: Helm, monitor_crds: None
 ) -> None:
-    namespace, team = _unique("helm-dry"), _unique("team")
+    namespace, team = unique_name("helm-dry"), unique_name("team")
     for name in (namespace, team):
         _create_namespace(control_plane, name)
     try:
@@ -209,7 +196,7 @@ def test_every_option_is_accepted_by_the_apiserver(
 
 def test_install_upgrade_uninstall(control_plane: ControlPlane, helm: Helm) -> None:
     cp = control_plane
-    release, namespace = _unique("mf"), _unique("helm-install")
+    release, namespace = unique_name("mf"), unique_name("helm-install")
     _create_namespace(cp, namespace, restricted=True)
     # The webhook is on (limited by scope to this namespace, so other tests' objects are
     # not sent to an operator that never runs here) to show its certificate survives.
@@ -252,7 +239,7 @@ def test_install_upgrade_uninstall(control_plane: ControlPlane, helm: Helm) -> N
             pods = cp.kubectl_run("get", "pods", "-n", namespace, "-l", selector, "-o", "name")
             return bool(pods.stdout.strip())
 
-        _wait_until(pod_created, "the operator pod to be admitted", timeout=90)
+        wait_until(pod_created, "the operator pod to be admitted", timeout=90)
 
         secret_name = next(o for o in objects if o["kind"] == "Secret")["metadata"]["name"]
 
@@ -312,7 +299,7 @@ def test_install_upgrade_uninstall(control_plane: ControlPlane, helm: Helm) -> N
 def test_schema_refuses_bad_values_on_install(helm: Helm) -> None:
     result = helm(
         "install",
-        _unique("bad"),
+        unique_name("bad"),
         str(CHART_DIR),
         "--namespace",
         "default",

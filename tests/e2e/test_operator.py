@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 import yaml
 
 from tests.cluster.controlplane import ControlPlane, ControlPlaneError, install_kuberay_crds
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -41,13 +41,6 @@ SERVICE_ACCOUNT = "modelfleet-operator"
 TIMEOUT = 90.0
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Kubectl:

@@ -21,7 +21,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.serve_fixtures import _stop_group, _wait_for_serving
+from tests.serve_fixtures import stop_group, wait_for_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -54,9 +54,9 @@ def limited_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             start_new_session=True,
         )
     try:
-        yield _wait_for_serving(process, log_path)
+        yield wait_for_serving(process, log_path)
     finally:
-        _stop_group(process)
+        stop_group(process)
 
 
 def _chat(base: str, key: str | None, *, authorization: str | None = None) -> httpx.Response:

@@ -20,7 +20,7 @@ import openai
 import pytest
 import yaml
 
-from tests.serve_fixtures import _stop_group, _wait_for_serving
+from tests.serve_fixtures import stop_group, wait_for_serving
 from tests.triton_fixtures import TritonStandIn
 
 pytestmark = pytest.mark.e2e
@@ -54,9 +54,9 @@ def base_url(
             command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
         )
     try:
-        yield _wait_for_serving(process, log_path)
+        yield wait_for_serving(process, log_path)
     finally:
-        _stop_group(process)
+        stop_group(process)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import pytest
 import yaml
 
 from tests.cluster.controlplane import CertificateAuthority, ControlPlane
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -39,11 +39,6 @@ TIMEOUT = 90.0
 
 # Kopf with only the webhook handler registered (importing the module registers it),
 # serving on 127.0.0.1 with the certificate pair in the given directory.
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def chart_webhook_path() -> str:
