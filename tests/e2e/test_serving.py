@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from typing import Any
 
 import httpx
@@ -132,26 +133,36 @@ async def test_sixteen_concurrent_streams_are_batched(tiny_cpu_serve: str) -> No
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    generating = asyncio.Event()
 
-    async def one(client: httpx.AsyncClient) -> int:
+    async def one(client: httpx.AsyncClient) -> tuple[int, float, float]:
+        """Tokens generated, and when the first and the last chunk arrived."""
+        first = 0.0
         async with client.stream("POST", f"{base}/v1/completions", json=body) as response:
             assert response.status_code == 200
             usage = None
             async for line in response.aiter_lines():
                 if line.startswith("data: {"):
+                    first = first or time.monotonic()
+                    generating.set()
                     usage = json.loads(line[6:]).get("usage") or usage
             assert usage is not None
-            return int(usage["completion_tokens"])
+            return int(usage["completion_tokens"]), first, time.monotonic()
 
     async with httpx.AsyncClient(timeout=300) as client:
         streams = asyncio.gather(*(one(client) for _ in range(16)))
+        # Sample the gauge only once tokens flow: a /metrics answer can take seconds
+        # on a busy machine, and one taken before the engine starts shows nothing.
+        await asyncio.wait_for(generating.wait(), timeout=300)
         peak = 0.0
         while not streams.done():
             peak = max(peak, await _running_gauge(client, base))
             await asyncio.sleep(0.1)
-        tokens = await streams
-    assert tokens == [450] * 16
-    # The engine's own scheduler ran more than one of them in the same batch.
+        results = await streams
+    assert [tokens for tokens, _, _ in results] == [450] * 16
+    # Every stream had started before any finished: they ran side by side, not in turn.
+    assert max(first for _, first, _ in results) < min(last for _, _, last in results)
+    # The engine's own scheduler counted more than one of them running in one batch.
     assert peak > 1, peak
 
 
