@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from modelfleet_serving.bench.stats import (
+from modelfleet_cli.bench.stats import (
     Distribution,
     RequestResult,
     format_summary,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from matplotlib.image import imread
-from modelfleet_serving.bench.options import add_bench_arguments
-from modelfleet_serving.bench.plot import plot_run
+from modelfleet_cli.bench.options import add_bench_arguments
+from modelfleet_cli.bench.plot import plot_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

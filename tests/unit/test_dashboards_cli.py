@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from modelfleet_operator.cli import main
-from modelfleet_operator.commands.dashboards import export, push
+from modelfleet_cli.dashboards import export, push
+from modelfleet_cli.main import main
 from modelfleet_operator.dashboards import dashboard_files
 
 TOKEN = "glsa_test"

@@ -1,4 +1,4 @@
-"""Architecture rules of DESIGN.md, enforced with import-linter (config in pyproject.toml)."""
+"""Architecture rules of docs/design.md, enforced with import-linter (config in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def test_import_contracts_hold() -> None:
     lint_imports = Path(sys.executable).with_name("lint-imports")
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "serving")]),
+        "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("cli", "operator", "serving")),
     }
     result = subprocess.run(
         [str(lint_imports), "--no-cache"], cwd=ROOT, env=env, capture_output=True, text=True

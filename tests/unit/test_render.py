@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
+from modelfleet_cli.render import dump, render, render_documents
 from modelfleet_operator.api.v1alpha1 import ModelDeployment
-from modelfleet_operator.commands.render import dump, render, render_documents
 from modelfleet_operator.monitoring import DASHBOARD_LABEL
 from modelfleet_operator.render import (
     ANNOTATION_SPEC_HASH,

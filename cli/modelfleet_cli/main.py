@@ -13,19 +13,19 @@ from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from modelfleet_operator.commands.serve import serve
+    from modelfleet_cli.serve import serve
 
     return serve(args.file, host=args.host, port=args.port)
 
 
 def _render(args: argparse.Namespace) -> int:
-    from modelfleet_operator.commands.render import render
+    from modelfleet_cli.render import render
 
     return render(args.file, image=args.image, namespace=args.namespace)
 
 
 def _operator(args: argparse.Namespace) -> int:
-    from modelfleet_operator.commands.operator import run_operator
+    from modelfleet_cli.run_operator import run_operator
 
     return run_operator(
         namespace=args.namespace,
@@ -38,13 +38,13 @@ def _operator(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from modelfleet_serving.bench.cli import run_bench
+    from modelfleet_cli.bench.cli import run_bench
 
     return run_bench(args)
 
 
 def _dashboards(args: argparse.Namespace) -> int:
-    from modelfleet_operator.commands.dashboards import export, push
+    from modelfleet_cli.dashboards import export, push
 
     if args.action == "export":
         return export(args.dir)
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Send streaming requests to an OpenAI-compatible endpoint and report "
         "TTFT, TPOT, ITL and end-to-end latency percentiles, throughput and goodput.",
     )
-    from modelfleet_serving.bench.options import add_bench_arguments
+    from modelfleet_cli.bench.options import add_bench_arguments
 
     add_bench_arguments(bench)
     bench.set_defaults(func=_bench)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import kopf
-
 from modelfleet_operator import metrics
 from modelfleet_operator.kube import Kube, connect
 from modelfleet_operator.render import DEFAULT_IMAGE

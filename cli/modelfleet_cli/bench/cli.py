@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from modelfleet_serving.bench.stats import RequestResult, format_summary, summarize
+from modelfleet_cli.bench.stats import RequestResult, format_summary, summarize
 
 # Prompt vocabulary: common words that most tokenizers keep whole.
 _TEXT = (
@@ -209,7 +209,7 @@ def run_bench(args: argparse.Namespace) -> int:
         goodput_tpot_ms=args.goodput_tpot_ms,
     )
     if args.plot:
-        from modelfleet_serving.bench.plot import plot_run
+        from modelfleet_cli.bench.plot import plot_run
 
         plot_run(results, args.plot, title=f"{model} at {base}")
     if args.json:

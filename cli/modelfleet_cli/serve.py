@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from modelfleet_operator.api.v1alpha1 import ModelDeployment
 from modelfleet_operator.translate import serving_config
 

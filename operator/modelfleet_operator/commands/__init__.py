@@ -1,1 +1,0 @@
-"""Implementations of the `modelfleet` subcommands (imported only when one runs)."""
