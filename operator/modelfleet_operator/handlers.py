@@ -25,18 +25,19 @@ from modelfleet_operator import metrics
 from modelfleet_operator.api import v1alpha1
 from modelfleet_operator.api.checks import check
 from modelfleet_operator.kube import Kube
-from modelfleet_operator.monitoring import (
-    SERVICE_MONITOR_API_VERSION,
-    SERVICE_MONITOR_PLURAL,
-    monitoring_objects,
-)
-from modelfleet_operator.render import (
+from modelfleet_operator.monitoring import monitoring_objects
+from modelfleet_operator.names import (
     ANNOTATION_SPEC_HASH,
     LABEL_MANAGED_BY,
     MANAGED_BY,
+    RAY_GROUP,
+    RAY_GROUP_VERSION,
     RAY_SERVICE_KIND,
-    render,
+    RAY_SERVICE_PLURAL,
+    SERVICE_MONITOR_API_VERSION,
+    SERVICE_MONITOR_PLURAL,
 )
+from modelfleet_operator.render import render
 from modelfleet_operator.settings import Settings
 from modelfleet_operator.status import Observation, decide, status_patch
 
@@ -246,7 +247,9 @@ def repair_drift(namespace: str | None, name: str, memo: Any, logger: Logger, **
     reconcile(memo, _namespaced(namespace), name, logger)
 
 
-@kopf.on.event("ray.io", "v1", "rayservices", labels={LABEL_MANAGED_BY: MANAGED_BY})
+@kopf.on.event(
+    RAY_GROUP, RAY_GROUP_VERSION, RAY_SERVICE_PLURAL, labels={LABEL_MANAGED_BY: MANAGED_BY}
+)
 def on_ray_service(body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
     """A RayService we own changed (KubeRay's status, an edit, a deletion): reconcile its owner.
 

@@ -15,21 +15,12 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from modelfleet_operator.api import v1alpha1
+from modelfleet_operator.names import FIELD_MANAGER, PLURALS, RAY_API_VERSION, RAY_SERVICE_PLURAL
 
 Object = dict[str, Any]
 
-FIELD_MANAGER = "modelfleet-operator"
-KUBERAY_GROUP_VERSION = "ray.io/v1"
-RAY_SERVICES = "rayservices"
-
 # Kind → plural of every kind the operator reads or writes.
-_PLURALS = {
-    "Service": "services",
-    "RayService": RAY_SERVICES,
-    v1alpha1.KIND: v1alpha1.PLURAL,
-    "ConfigMap": "configmaps",
-    "ServiceMonitor": "servicemonitors",
-}
+_PLURALS = {**PLURALS, v1alpha1.KIND: v1alpha1.PLURAL}
 
 
 def connect() -> client.ApiClient:
@@ -132,12 +123,12 @@ class Kube:
 
         Discovery is readable by every authenticated user, so this needs no RBAC rule.
         """
-        resources = self._call("GET", f"/apis/{KUBERAY_GROUP_VERSION}")
+        resources = self._call("GET", f"/apis/{RAY_API_VERSION}")
         served = {r.get("name") for r in (resources or {}).get("resources", [])}
-        if RAY_SERVICES in served:
+        if RAY_SERVICE_PLURAL in served:
             return None
         return (
-            f"the API server does not serve {RAY_SERVICES}.{KUBERAY_GROUP_VERSION.split('/')[0]} "
-            f"({KUBERAY_GROUP_VERSION}): install KubeRay (its CRDs and operator, v1.5 or later); "
+            f"the API server does not serve {RAY_SERVICE_PLURAL}.{RAY_API_VERSION.split('/')[0]} "
+            f"({RAY_API_VERSION}): install KubeRay (its CRDs and operator, v1.5 or later); "
             "retrying"
         )

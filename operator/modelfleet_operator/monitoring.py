@@ -14,13 +14,14 @@ from typing import Any
 from modelfleet_operator import render
 from modelfleet_operator.api.v1alpha1 import ModelDeployment
 from modelfleet_operator.dashboards import dashboard_files
+from modelfleet_operator.names import (
+    ANNOTATION_SPEC_HASH,
+    LABEL_DEPLOYMENT,
+    SERVICE_MONITOR_API_VERSION,
+    SERVICE_MONITOR_KIND,
+)
 
 Object = dict[str, Any]
-
-SERVICE_MONITOR_API_VERSION = "monitoring.coreos.com/v1"
-SERVICE_MONITOR_PLURAL = "servicemonitors"
-# The CRD whose presence decides whether a ServiceMonitor is made.
-SERVICE_MONITOR_CRD = f"{SERVICE_MONITOR_PLURAL}.monitoring.coreos.com"
 
 # Grafana's dashboard sidecar (k8s-sidecar, as in kube-prometheus-stack) loads every
 # ConfigMap that carries this label; the annotation names the Grafana folder for
@@ -57,7 +58,7 @@ def service_monitor(md: ModelDeployment, *, namespace: str, owner_uid: str | Non
     return _finish(
         {
             "apiVersion": SERVICE_MONITOR_API_VERSION,
-            "kind": "ServiceMonitor",
+            "kind": SERVICE_MONITOR_KIND,
             "metadata": {
                 "name": service_monitor_name(md),
                 "namespace": namespace,
@@ -66,7 +67,7 @@ def service_monitor(md: ModelDeployment, *, namespace: str, owner_uid: str | Non
             "spec": {
                 "selector": {
                     "matchLabels": {
-                        render.LABEL_DEPLOYMENT: service_labels[render.LABEL_DEPLOYMENT],
+                        LABEL_DEPLOYMENT: service_labels[LABEL_DEPLOYMENT],
                         "app.kubernetes.io/component": _OPENAI_COMPONENT,
                     }
                 },
@@ -137,7 +138,7 @@ def _finish(obj: Object, md: ModelDeployment, owner_uid: str | None) -> Object:
     """
     essence = {**obj, "spec": obj["spec"] if "spec" in obj else obj["data"]}
     annotations = obj["metadata"].setdefault("annotations", {})
-    annotations[render.ANNOTATION_SPEC_HASH] = render.spec_hash(essence)
+    annotations[ANNOTATION_SPEC_HASH] = render.spec_hash(essence)
     if owner_uid is not None:
         obj["metadata"]["ownerReferences"] = [render.owner_reference(md, owner_uid)]
     return obj

@@ -24,12 +24,20 @@ from modelfleet_serving.config import ServingConfig
 from modelfleet_operator import __version__
 from modelfleet_operator.api import v1alpha1
 from modelfleet_operator.api.v1alpha1 import ModelDeployment, NodePoolSpec
+from modelfleet_operator.names import (
+    ANNOTATION_SPEC_HASH,
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED_BY,
+    LABEL_POOL,
+    MANAGED_BY,
+    RAY_API_VERSION,
+    RAY_SERVE_LABEL,
+    RAY_SERVICE_KIND,
+)
 from modelfleet_operator.translate import pool_resource_name, serving_config
 
 Object = dict[str, Any]
 
-RAY_API_VERSION = "ray.io/v1"
-RAY_SERVICE_KIND = "RayService"
 # The Ray release the image carries; KubeRay uses it to pick the autoscaler's version.
 # Keep it equal to the `ray[serve]` pin of the project.
 RAY_VERSION = "2.60.0"
@@ -40,14 +48,6 @@ APP_IMPORT_PATH = "modelfleet_serving.app:app_builder"
 SERVE_PORT = 8000
 # Seconds a Ray worker pod stays idle before the Ray autoscaler removes it.
 WORKER_IDLE_TIMEOUT_S = 60
-
-LABEL_DEPLOYMENT = "modelfleet.io/deployment"
-LABEL_POOL = "modelfleet.io/pool"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "modelfleet-operator"
-ANNOTATION_SPEC_HASH = "modelfleet.io/spec-hash"
-# KubeRay sets this label to "true" on the Ray pods whose Serve proxy is healthy.
-RAY_SERVE_LABEL = "ray.io/serve"
 
 # The Ray image when neither the spec nor the operator's --image names one: the
 # project's image of the same version, which carries Ray, vLLM and modelfleet_serving.

@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 import yaml
 from modelfleet_operator.dashboards import dashboard_files, dashboards
-from modelfleet_operator.monitoring import DASHBOARD_LABEL, SERVICE_MONITOR_CRD
+from modelfleet_operator.monitoring import DASHBOARD_LABEL
+from modelfleet_operator.names import SERVICE_MONITOR_CRD
 
 from tests.cluster.controlplane import ControlPlane
 from tests.prometheus_fixtures import SCRAPE_INTERVAL_S, Prometheus, free_port

@@ -17,6 +17,7 @@ from modelfleet_operator.monitoring import (
     service_monitor,
     service_monitor_name,
 )
+from modelfleet_operator.names import ANNOTATION_SPEC_HASH
 
 UID = "0b1e4c8e-5f0a-4d57-9b2a-3f6f2c1d7e90"
 
@@ -77,9 +78,9 @@ def test_spec_hash_changes_with_the_dashboards(monkeypatch: pytest.MonkeyPatch) 
     before = dashboards_config_map(md, namespace="llm")["metadata"]["annotations"]
     monkeypatch.setattr(monitoring, "dashboard_files", lambda: {"other.json": "{}"})
     after = dashboards_config_map(md, namespace="llm")["metadata"]["annotations"]
-    assert before[render.ANNOTATION_SPEC_HASH] != after[render.ANNOTATION_SPEC_HASH]
+    assert before[ANNOTATION_SPEC_HASH] != after[ANNOTATION_SPEC_HASH]
     assert service_monitor(md, namespace="llm")["metadata"]["annotations"][
-        render.ANNOTATION_SPEC_HASH
+        ANNOTATION_SPEC_HASH
     ] == render.spec_hash(service_monitor(md, namespace="llm"))
 
 

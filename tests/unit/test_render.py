@@ -17,8 +17,8 @@ import yaml
 from modelfleet_cli.render import dump, render, render_documents
 from modelfleet_operator.api.v1alpha1 import ModelDeployment
 from modelfleet_operator.monitoring import DASHBOARD_LABEL
+from modelfleet_operator.names import ANNOTATION_SPEC_HASH
 from modelfleet_operator.render import (
-    ANNOTATION_SPEC_HASH,
     DEFAULT_IMAGE,
     cluster_serving_config,
     endpoint,
