@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from modelfleet_operator.api.checks import check
+from modelfleet_operator.checks import check
 from modelfleet_operator.monitoring import monitoring_objects
 from modelfleet_operator.render import DEFAULT_IMAGE, namespace_of
 from modelfleet_operator.render import render as render_objects

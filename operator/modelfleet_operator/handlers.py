@@ -23,7 +23,7 @@ import kopf
 
 from modelfleet_operator import metrics
 from modelfleet_operator.api import v1alpha1
-from modelfleet_operator.api.checks import check
+from modelfleet_operator.checks import check
 from modelfleet_operator.kube import Kube
 from modelfleet_operator.monitoring import monitoring_objects
 from modelfleet_operator.names import (

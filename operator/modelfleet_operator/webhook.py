@@ -24,8 +24,8 @@ from typing import Any
 import kopf
 
 from modelfleet_operator.api import v1alpha1
-from modelfleet_operator.api.checks import check
 from modelfleet_operator.capacity import capacity_fit, local_model_config
+from modelfleet_operator.checks import check
 from modelfleet_operator.engine_flags import lint_extra_args
 
 WEBHOOK_ID = "validate-modelfleet-io-v1alpha1-modeldeployment"

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 import pytest
-from modelfleet_operator.api.checks import check
+from modelfleet_operator.checks import check
 
 BASE: dict[str, Any] = {
     "metadata": {"name": "m", "namespace": "ns"},
