@@ -19,7 +19,7 @@ import pytest
 
 from tests.cluster.controlplane import ControlPlane, ControlPlaneError
 from tests.helm.binary import ensure_helm
-from tests.helm.chart import CHART_DIR, INSTALL_FILE, NAMESPACE, RELEASE
+from scripts.chart import CHART_DIR, INSTALL_FILE, NAMESPACE, RELEASE
 from tests.helm.render import Object, helm_args, parse
 from tests.helpers import unique_name, wait_until
 

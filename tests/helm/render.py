@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from tests.helm.chart import CHART_DIR, helm
+from scripts.chart import CHART_DIR, helm
 
 Object = dict[str, Any]
 

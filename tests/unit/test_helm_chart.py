@@ -14,7 +14,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from tests.helm.chart import CHART_DIR, REPO, drift, helm
+from scripts.chart import CHART_DIR, REPO, drift, helm
 from tests.helm.render import Object, grants, helm_args, of_kind, only, render
 
 RBAC_DIR = REPO / "manifests" / "rbac"

@@ -1,7 +1,7 @@
 """Keep the Helm chart and the plain-YAML install in step with their sources.
 
-Three things in the repository are generated, and the unit tests fail when any of them
-drifts from what this module would write:
+These files are generated, and the unit tests fail when any of them drifts from what
+this module would write:
 
 - ``helm/modelfleet/crds/``: copies of ``manifests/crds/*.yaml``, the CRDs generated from
   the operator's pydantic models. Helm installs CRDs only from a chart's ``crds/`` folder,
@@ -14,8 +14,9 @@ drifts from what this module would write:
 - ``manifests/install/modelfleet.yaml``: the chart rendered with its default values by
   the real helm binary, for clusters that install with ``kubectl apply`` instead of helm.
 
-Run ``manifests/install/generate`` (or ``python -m tests.helm.chart``) after changing
-any source, and ``--check`` to only report drift.
+Run ``manifests/install/generate`` (or ``python -m scripts.chart``) after changing any
+source, and ``--check`` to only report drift; ``make generate`` runs it after every
+other generator.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from tests.helm.binary import ensure_helm
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CHART_DIR = REPO / "helm" / "modelfleet"
 INSTALL_FILE = REPO / "manifests" / "install" / "modelfleet.yaml"
 

@@ -1,0 +1,1 @@
+"""Developer scripts: the machine set-up and the generation of committed files."""
