@@ -7,8 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: the Triton python-backend stub links Debian's libpython3.11 and
-# imports Debian's numpy; Prometheus scrapes the dashboards' queries in tests.
-debs=(libpython3.11 python3-numpy prometheus)
+# imports Debian's numpy; Prometheus scrapes the dashboards' queries in tests; the test
+# cluster's node runs pods with containerd, runc, the CNI plugins and iptables (for
+# kube-proxy); mmdebstrap makes the images' Debian root filesystem.
+debs=(libpython3.11 python3-numpy prometheus containerd runc containernetworking-plugins
+  iptables mmdebstrap)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
