@@ -10,7 +10,7 @@ milliseconds, best of `--repeats` runs each.
 
     .venv/bin/python benchmarks/serving_vs_vllm.py [--num-prompts-per-concurrency 4]
 
-Goal (issue 3): at least 0.9× their throughput and at most +10 ms TTFT p50 at
+Goal: at least 0.9× their throughput and at most +10 ms TTFT p50 at
 concurrency 1.
 """
 

@@ -11,8 +11,9 @@ this module would write:
 - ``helm/modelfleet/rbac/``: copies of ``manifests/rbac/*.yaml``, the operator's
   least-privilege RBAC; the chart's Roles take their rules from them, so the chart
   grants exactly what the operator's authors grant.
-- ``manifests/install/modelfleet.yaml``: the chart rendered with its default values by
-  the real helm binary, for clusters that install with ``kubectl apply`` instead of helm.
+- ``manifests/install/modelfleet.yaml``: the chart rendered with its default values
+  (but the admission webhook, see ``INSTALL_VALUES``) by the real helm binary, for
+  clusters that install with ``kubectl apply`` instead of helm.
 
 Run ``manifests/install/generate`` (or ``python -m scripts.chart``) after changing any
 source, and ``--check`` to only report drift; ``make generate`` runs it after every
@@ -46,9 +47,11 @@ COPIES = (
 
 _INSTALL_HEADER = f"""\
 # The modelfleet operator as plain YAML: `kubectl apply -f {INSTALL_FILE.name}`.
-# Generated from helm/modelfleet with its default values: do not edit. Regenerate with
-# manifests/install/generate; tests/unit/test_helm_chart.py fails when this file drifts.
-# KubeRay (>= 1.5) is a prerequisite and is not included; see docs/install.md.
+# Generated from helm/modelfleet with its default values but webhook.enabled=false (the
+# webhook needs a certificate made per install: use the chart for it): do not edit.
+# Regenerate with manifests/install/generate; tests/unit/test_helm_chart.py fails when
+# this file drifts. KubeRay (>= 1.5) is a prerequisite and is not included; see
+# docs/install.md.
 ---
 apiVersion: v1
 kind: Namespace
@@ -90,10 +93,22 @@ def stale_copies() -> list[Path]:
     ]
 
 
+# Values the plain-YAML install is rendered with. Without the webhook: its TLS pair is
+# generated per install (helm template would write a new one on every render, and a
+# committed private key would be shared by every cluster that applies the file).
+INSTALL_VALUES = ("--set", "webhook.enabled=false")
+
+
 def render_install() -> str:
     """The plain-YAML install: a Namespace, then the chart's CRDs and objects."""
     rendered = helm(
-        "template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE, "--include-crds"
+        "template",
+        RELEASE,
+        str(CHART_DIR),
+        "--namespace",
+        NAMESPACE,
+        "--include-crds",
+        *INSTALL_VALUES,
     ).stdout
     return _INSTALL_HEADER + rendered
 

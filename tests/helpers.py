@@ -1,21 +1,26 @@
-"""Small helpers the e2e tests share: free ports, unique names, polling."""
+"""Small helpers the tests share: free ports, unique names, polling, stopping processes.
+
+Ports come from the serving package's own helper, so tests and product pick ports by
+one rule.
+"""
 
 from __future__ import annotations
 
-import socket
+import contextlib
+import os
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
+from modelfleet_serving.processes import free_port, free_ports
 
+__all__ = ["free_port", "free_ports", "stop_group", "unique_name", "wait_for", "wait_until"]
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+T = TypeVar("T")
 
 
 def unique_name(prefix: str) -> str:
@@ -23,10 +28,48 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def wait_for(
+    probe: Callable[[], T | None],
+    what: str,
+    timeout: float = 60.0,
+    interval: float = 0.5,
+    details: Callable[[], str] | None = None,
+) -> T:
+    """The first answer of `probe` that is neither None nor False, asked every `interval`.
+
+    Fails the test naming `what` after `timeout`, with `details()` (a log's tail, say)
+    when given.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            extra = f"\n{details()}" if details is not None else ""
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{extra}")
+        time.sleep(interval)
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
     """Poll `condition` every half second; fail the test naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
+    wait_for(lambda: condition() or None, what, timeout)
+
+
+def stop_group(
+    process: subprocess.Popen[bytes] | subprocess.Popen[str],
+    first: signal.Signals = signal.SIGTERM,
+    timeout: float = 30.0,
+) -> None:
+    """Stop the process group led by `process`: `first`, then SIGKILL after `timeout`.
+
+    SIGINT as `first` lets a command shut its own Ray down the way Ctrl-C does.
+    """
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, first)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

@@ -2,10 +2,13 @@
 
 The server is the ``tritonserver`` of PyPI ``nvidia-pytriton``, installed into the cache
 by `modelfleet_serving.engines.triton_install`; the model is the decoupled python-backend
-stand-in in ``tests/assets/triton/repository`` (imported by tests/conftest.py).
+stand-in that ships as ``builtin://tiny-triton-standin``
+(``serving/modelfleet_serving/models/triton_standin/repository``; imported by
+tests/conftest.py).
 """
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,10 +18,40 @@ from typing import Any
 import pytest
 from modelfleet_serving.engines.triton_install import TritonInstallError, ensure_tritonserver
 from modelfleet_serving.engines.triton_server import TritonServer
+from modelfleet_serving.models.triton_standin import PACKAGED_REPOSITORY
 
-TRITON_REPOSITORY = Path(__file__).parent / "assets" / "triton" / "repository"
-# Read by the stand-in model (tests/assets/triton/repository/ensemble/1/model.py).
+TRITON_REPOSITORY = PACKAGED_REPOSITORY
+# Read by the stand-in model (repository/ensemble/1/model.py): where it logs its events.
 TRITON_EVENT_LOG_ENV = "MODELFLEET_TRITON_EVENT_LOG"
+
+
+def read_events(event_log: Path, request_id: str | None = None) -> list[dict[str, Any]]:
+    """The stand-in's events (received, finished, cancelled), of one request if given."""
+    if not event_log.exists():
+        return []
+    events = [json.loads(line) for line in event_log.read_text().splitlines()]
+    return [e for e in events if request_id is None or e["id"] == request_id]
+
+
+def tritonservers_logging_to(event_log: Path) -> list[int]:
+    """Process ids of the tritonservers whose stand-in logs to ``event_log``.
+
+    A replica starts its server itself, out of the test's reach; the event log named in
+    the server's environment tells this test's servers from any other on the machine.
+    """
+    wanted = f"{TRITON_EVENT_LOG_ENV}={event_log}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv0 = (entry / "cmdline").read_bytes().split(b"\0", 1)[0]
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if os.path.basename(argv0) == b"tritonserver" and wanted in environ:
+            found.append(int(entry.name))
+    return found
 
 
 @dataclass(frozen=True)
@@ -31,10 +64,7 @@ class TritonStandIn:
 
     def events(self, request_id: str | None = None) -> list[dict[str, Any]]:
         """The model's events (received, finished, cancelled), of one request if given."""
-        if not self.event_log.exists():
-            return []
-        events = [json.loads(line) for line in self.event_log.read_text().splitlines()]
-        return [e for e in events if request_id is None or e["id"] == request_id]
+        return read_events(self.event_log, request_id)
 
 
 def copy_triton_repository(into: Path) -> Path:

@@ -15,13 +15,25 @@ from pathlib import Path
 def _serve(args: argparse.Namespace) -> int:
     from modelfleet_cli.serve import serve
 
-    return serve(args.file, host=args.host, port=args.port)
+    return serve(args.file, host=args.host, port=args.port, verbose=args.verbose)
 
 
 def _render(args: argparse.Namespace) -> int:
     from modelfleet_cli.render import render
 
     return render(args.file, image=args.image, namespace=args.namespace)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from modelfleet_cli.plan import plan
+
+    return plan(
+        args.file,
+        output=args.output,
+        context=args.context,
+        namespace=args.namespace,
+        offline=args.offline,
+    )
 
 
 def _operator(args: argparse.Namespace) -> int:
@@ -68,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("file", type=Path, help="ModelDeployment YAML")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (0: a free one)")
+    serve.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print Ray's and the engine's logs here as they come, instead of into a log file",
+    )
     serve.set_defaults(func=_serve)
 
     render = sub.add_parser(
@@ -80,6 +98,28 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--image", default=None, help="default Ray image (as the operator's)")
     render.add_argument("--namespace", default="default", help="namespace when the file has none")
     render.set_defaults(func=_render)
+
+    plan = sub.add_parser(
+        "plan",
+        help="check that a ModelDeployment fits, and what applying it changes",
+        description="Per node pool: weights per GPU, KV-cache tokens, requests of maxModelLen "
+        "at once, headroom, the engine-flag lint and the verdict with the fix. With a "
+        "cluster (KUBECONFIG or --context) also the fields that change, whether KubeRay "
+        "applies them in place or builds a new RayCluster, and the GPUs that needs against "
+        "what each pool's nodes have free. Exit 0: fits; 1: does not fit; 2: invalid file.",
+    )
+    plan.add_argument("file", type=Path, help="ModelDeployment YAML")
+    plan.add_argument("--output", "-o", choices=["text", "json"], default="text")
+    plan.add_argument("--context", default=None, help="kubeconfig context of the cluster")
+    plan.add_argument(
+        "--namespace", default=None, help="namespace when the file has none (with a cluster)"
+    )
+    plan.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not read the model's config.json from the hub (estimate from the name)",
+    )
+    plan.set_defaults(func=_plan)
 
     op = sub.add_parser(
         "operator",

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from modelfleet_operator.capacity import capacity_fit
 from modelfleet_operator.checks import check
+from modelfleet_operator.hub import resolve_shape
 from modelfleet_operator.monitoring import monitoring_objects
 from modelfleet_operator.render import DEFAULT_IMAGE, namespace_of
 from modelfleet_operator.render import render as render_objects
@@ -50,8 +52,31 @@ def render_documents(obj: dict[str, Any], *, image: str | None, namespace: str) 
     return dump(objects)
 
 
+def capacity_warnings(obj: dict[str, Any]) -> list[str]:
+    """One line per GPU pool the model does not fit, for stderr.
+
+    Read offline (spec.model.shape, a local or built-in checkpoint, else the name):
+    render stays quick and network-free; `modelfleet plan` reads the hub too.
+    """
+    checked = check(obj)
+    if checked.md is None or all(pool.gpu is None for pool in checked.md.spec.node_pools):
+        return []
+    lookup = resolve_shape(checked.md.spec.model, fetch=False)
+    fit = capacity_fit(checked.md.spec, lookup.shape, note=lookup.note)
+    estimated = " (estimated from the model's name)" if fit.estimated else ""
+    return [
+        f"pool {pool.pool} does not fit{estimated}: {pool.message}"
+        for pool in fit.pools
+        if not pool.fits
+    ]
+
+
 def render(file: Path, image: str | None, namespace: str) -> int:
-    """Print the objects the operator creates for the ModelDeployment in `file`; 1 on errors."""
+    """Print the objects the operator creates for the ModelDeployment in `file`; 1 on errors.
+
+    A pool the model does not fit gets a warning on stderr; the objects still print
+    (the operator would not deploy them: see `modelfleet plan`).
+    """
     try:
         obj = yaml.safe_load(file.read_text())
     except (OSError, yaml.YAMLError) as error:
@@ -62,6 +87,15 @@ def render(file: Path, image: str | None, namespace: str) -> int:
         return 1
     try:
         sys.stdout.write(render_documents(obj, image=image, namespace=namespace))
+        warned = capacity_warnings(obj)
+        for warning in warned:
+            print(f"modelfleet render: warning: {warning}", file=sys.stderr)
+        if warned:
+            print(
+                f"modelfleet render: the operator would not deploy this; run "
+                f"`modelfleet plan {file}` for the figures",
+                file=sys.stderr,
+            )
     except ValueError as error:
         print(f"modelfleet render: {file} is not a valid ModelDeployment:", file=sys.stderr)
         for line in str(error).splitlines():

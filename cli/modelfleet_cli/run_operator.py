@@ -7,6 +7,7 @@ from pathlib import Path
 import kopf
 from modelfleet_operator import metrics
 from modelfleet_operator.kube import Kube, connect
+from modelfleet_operator.reconcile import Context
 from modelfleet_operator.render import DEFAULT_IMAGE
 
 
@@ -31,9 +32,7 @@ def run_operator(
     settings = handlers.SETTINGS
     kopf.configure(verbose=False)
     metrics.serve(metrics_port, settings.bind_address)
-    context = handlers.Context(
-        kube=Kube(connect()), image=image or DEFAULT_IMAGE, settings=settings
-    )
+    context = Context(kube=Kube(connect()), image=image or DEFAULT_IMAGE, settings=settings)
     kopf_settings = kopf.OperatorSettings()
     if webhook_port is not None:
         # Imported only here: importing registers the admission handler, and Kopf

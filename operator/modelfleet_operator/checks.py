@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from modelfleet_operator.api.v1alpha1 import ModelDeployment
+from modelfleet_operator.engine_flags import lint_extra_args
 from modelfleet_operator.translate import serving_config
 
 
@@ -41,9 +42,13 @@ def _describe(error: ValidationError) -> list[str]:
 
 
 def problems(md: ModelDeployment) -> list[str]:
-    """What makes a schema-valid ModelDeployment unable to run, each with its fix."""
-    found = []
+    """What makes a schema-valid ModelDeployment unable to run, each with its fix.
+
+    Engine flags the engine does not know are among them: the replica's argument
+    parser would refuse them on a GPU node minutes later.
+    """
     engine = md.spec.engine
+    found = lint_extra_args(engine.kind, engine.extra_args)
     gpus = engine.tensor_parallel_size * engine.pipeline_parallel_size
     for pool in md.spec.node_pools:
         if pool.gpu is None and gpus > 1:

@@ -1,4 +1,4 @@
-"""The operator's Kubernetes I/O: read, server-side apply, status patches, discovery.
+"""The operator's Kubernetes I/O: read, server-side apply, delete, status patches, discovery.
 
 Objects travel as plain dicts (what `render` builds and the API returns), through the
 kubernetes client's generic request path, so one code path serves Services,
@@ -105,6 +105,24 @@ class Kube:
         if applied is None:
             raise ApiException(status=404, reason=f"applying {_path_of(obj)} answered 404")
         return applied
+
+    def delete(
+        self, api_version: str, kind: str, namespace: str, name: str, *, uid: str | None = None
+    ) -> None:
+        """Delete an object; one already gone (404) is fine.
+
+        With `uid` the API server deletes only the object of that uid (a precondition)
+        and answers 409 for another one that took the name since it was read.
+        """
+        options: Object = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if uid is not None:
+            options["preconditions"] = {"uid": uid}
+        self._call(
+            "DELETE",
+            object_path(api_version, kind, namespace, name),
+            body=options,
+            content_type="application/json",
+        )
 
     def patch_status(self, namespace: str, name: str, patch: Object) -> None:
         """Merge-patch the status of a ModelDeployment (its status subresource)."""

@@ -1,4 +1,8 @@
-"""The operator's Prometheus metrics (names are a contract with the dashboards)."""
+"""The operator's Prometheus metrics.
+
+Their names are a contract with the dashboards: each is spelled once, in the constants
+below, which the operator dashboard and the tests import.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,24 @@ from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+# The names as Prometheus stores them (the counter with its `_total`).
+RECONCILES_METRIC = "modelfleet_operator_reconcile_total"
+RECONCILE_SECONDS_METRIC = "modelfleet_operator_reconcile_seconds"
+DEPLOYMENTS_METRIC = "modelfleet_operator_deployments"
+
 RECONCILE_TOTAL = Counter(
-    "modelfleet_operator_reconcile",
+    RECONCILES_METRIC,
     "Reconciliations of ModelDeployments by result "
     "(success, invalid, dependency_missing, conflict, error).",
     ["result"],
 )
 RECONCILE_SECONDS = Histogram(
-    "modelfleet_operator_reconcile_seconds",
+    RECONCILE_SECONDS_METRIC,
     "Time one reconciliation of a ModelDeployment took.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 DEPLOYMENTS = Gauge(
-    "modelfleet_operator_deployments",
+    DEPLOYMENTS_METRIC,
     "ModelDeployments by condition (Validated, RayServiceReady, Ready) and its status.",
     ["condition", "status"],
 )

@@ -1,10 +1,11 @@
-"""Desired monitoring objects of a ModelDeployment: a ServiceMonitor and the dashboards.
+"""Monitoring objects of a ModelDeployment: a ServiceMonitor and the dashboards ConfigMap.
 
-Pure, like `render`: plain dicts, no Kopf or Kubernetes imports. The handler finds out
-whether the Prometheus Operator's CRD exists (it is optional in a cluster), applies
-what `monitoring_objects` returns, and deletes the ServiceMonitor or ConfigMap
-(`service_monitor_name`, `dashboards_config_map_name`) that `spec.monitoring` no
-longer asks for.
+Pure, like `render`: plain dicts, no Kopf or Kubernetes imports. `monitoring_objects`
+builds the ones `spec.monitoring` asks for; `unwanted_monitoring_children` names the
+ones it does not ask for. The reconciliation (`reconcile`) finds out through discovery
+whether the Prometheus Operator's CRD is served (it is optional in a cluster), applies
+the first list, and deletes those of the second that exist and that the operator made
+for this ModelDeployment; an object of the same name that anyone else made stays.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from modelfleet_operator import render
 from modelfleet_operator.api.v1alpha1 import ModelDeployment
 from modelfleet_operator.dashboards import dashboard_files
 from modelfleet_operator.names import (
-    ANNOTATION_SPEC_HASH,
     LABEL_DEPLOYMENT,
     SERVICE_MONITOR_API_VERSION,
     SERVICE_MONITOR_KIND,
@@ -55,7 +55,7 @@ def service_monitor(md: ModelDeployment, *, namespace: str, owner_uid: str | Non
     namespace, which is where the operator puts that Service.
     """
     service_labels = render.labels(md, _OPENAI_COMPONENT)
-    return _finish(
+    return render.finish_child(
         {
             "apiVersion": SERVICE_MONITOR_API_VERSION,
             "kind": SERVICE_MONITOR_KIND,
@@ -89,7 +89,7 @@ def dashboards_config_map(
     The dashboards pick models and pools through variables, so the ConfigMaps of all
     deployments hold the same JSON with the same uids, and Grafana keeps one copy.
     """
-    return _finish(
+    return render.finish_child(
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -130,15 +130,21 @@ def monitoring_objects(
     return objects
 
 
-def _finish(obj: Object, md: ModelDeployment, owner_uid: str | None) -> Object:
-    """Add the spec-hash annotation and the owner reference, as `render` does.
+def unwanted_monitoring_children(
+    md: ModelDeployment, *, service_monitor_crd_exists: bool
+) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of each monitoring child `spec.monitoring` does not ask for.
 
-    A ConfigMap has `data` where other objects have `spec`: hashing it in the place of
-    the spec makes a change of the dashboards count as a change of the object.
+    These are the children to delete if an earlier spec had them made. The
+    ServiceMonitor is named only while its CRD is served: without the CRD there can
+    be none, and asking the API server for one would only answer 404.
     """
-    essence = {**obj, "spec": obj["spec"] if "spec" in obj else obj["data"]}
-    annotations = obj["metadata"].setdefault("annotations", {})
-    annotations[ANNOTATION_SPEC_HASH] = render.spec_hash(essence)
-    if owner_uid is not None:
-        obj["metadata"]["ownerReferences"] = [render.owner_reference(md, owner_uid)]
-    return obj
+    monitoring = md.spec.monitoring
+    unwanted = []
+    if not monitoring.service_monitor and service_monitor_crd_exists:
+        unwanted.append(
+            (SERVICE_MONITOR_API_VERSION, SERVICE_MONITOR_KIND, service_monitor_name(md))
+        )
+    if not monitoring.dashboards:
+        unwanted.append(("v1", "ConfigMap", dashboards_config_map_name(md)))
+    return unwanted

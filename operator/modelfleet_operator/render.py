@@ -5,6 +5,10 @@ takes them (KubeRay v1.5 field names for `ray.io/v1`). The operator applies them
 server-side apply; `modelfleet render` prints them. Pure: no Kubernetes, Kopf or Ray
 imports, so the objects can be unit-tested with tables and compared with golden files.
 
+`render` turns the spec into the in-cluster ServingConfig once (`translate`) and hands
+that one object to every builder that needs it, so the RayService's Serve application
+and its worker groups cannot disagree about a pool.
+
 Secrets never travel in these objects: API keys and model-source credentials are
 referenced through `secretKeyRef`/`envFrom`, and the ServingConfig only names the
 environment variable that holds the keys.
@@ -14,12 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from modelfleet_serving.autoscaling_ray import application_policy_for
-from modelfleet_serving.config import ServingConfig
+from modelfleet_serving.config import PoolConfig, ServingConfig
 
 from modelfleet_operator import __version__
 from modelfleet_operator.api import v1alpha1
@@ -34,7 +37,7 @@ from modelfleet_operator.names import (
     RAY_SERVE_LABEL,
     RAY_SERVICE_KIND,
 )
-from modelfleet_operator.translate import pool_resource_name, serving_config
+from modelfleet_operator.translate import PVCMount, pvc_mounts, serving_config
 
 Object = dict[str, Any]
 
@@ -53,22 +56,6 @@ WORKER_IDLE_TIMEOUT_S = 60
 # project's image of the same version, which carries Ray, vLLM and modelfleet_serving.
 DEFAULT_IMAGE = f"modelfleet/modelfleet:{__version__}"
 
-# Where pvc:// sources are mounted in the worker pods (read-only).
-PVC_MOUNT_ROOT = "/mnt/modelfleet"
-
-
-@dataclass(frozen=True)
-class PVCMount:
-    """One PersistentVolumeClaim mounted read-only into the Ray workers."""
-
-    claim: str
-    volume: str
-
-    @property
-    def mount_path(self) -> str:
-        """Where the claim's files appear inside the containers."""
-        return f"{PVC_MOUNT_ROOT}/{self.claim}"
-
 
 def namespace_of(md: ModelDeployment, default: str) -> str:
     """The namespace of the ModelDeployment, or `default` when its metadata has none."""
@@ -85,51 +72,14 @@ def endpoint(name: str, namespace: str) -> str:
     return f"http://{openai_service_name(name)}.{namespace}.svc:{SERVE_PORT}/v1"
 
 
-def pvc_mounts(md: ModelDeployment) -> list[PVCMount]:
-    """The claims named by pvc:// sources (model weights, Triton repository), sorted."""
-    sources = [md.spec.model.source]
-    if md.spec.engine.triton is not None:
-        sources.append(md.spec.engine.triton.repository)
-    claims = sorted({s.removeprefix("pvc://").split("/", 1)[0] for s in sources if _is_pvc(s)})
-    return [PVCMount(claim=claim, volume=f"pvc-{i}") for i, claim in enumerate(claims)]
+def serve_config(config: ServingConfig) -> str:
+    """The RayService's `serveConfigV2`: one Serve application built from `config`.
 
-
-def _is_pvc(source: str) -> bool:
-    return source.startswith("pvc://")
-
-
-def _local_path(source: str) -> str:
-    """pvc://claim/path → file:// URL of the same files under the mount root."""
-    claim_and_path = source.removeprefix("pvc://")
-    return f"file://{PVC_MOUNT_ROOT}/{claim_and_path}"
-
-
-def cluster_serving_config(md: ModelDeployment) -> ServingConfig:
-    """The ServingConfig the replicas get in the cluster.
-
-    pvc:// sources are rewritten to the files the workers see under the mount, so the
-    serving app reads local files and never needs Kubernetes access.
-    """
-    config = serving_config(md, in_cluster=True)
-    model = config.model
-    if _is_pvc(model.source):
-        model = model.model_copy(update={"source": _local_path(model.source)})
-    engine = config.engine
-    triton = engine.triton
-    if triton is not None and triton.repository is not None and _is_pvc(triton.repository):
-        triton = triton.model_copy(update={"repository": _local_path(triton.repository)})
-        engine = engine.model_copy(update={"triton": triton})
-    return config.model_copy(update={"model": model, "engine": engine})
-
-
-def serve_config(md: ModelDeployment) -> str:
-    """The RayService's `serveConfigV2`: one Serve application built from the ServingConfig.
-
+    `config` is the in-cluster ServingConfig (`serving_config(md, in_cluster=True)`).
     The application-level autoscaling policy sees every pool at once: it scales the
     preferred pool up first and the least preferred down first. Ray accepts it only
     from a config like this one, which is why it is set here and not in the app.
     """
-    config = cluster_serving_config(md)
     document = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
@@ -241,20 +191,33 @@ def _head_group(md: ModelDeployment, image: str, env: list[Any], env_from: list[
     }
 
 
+def _ray_resources(resources: dict[str, float]) -> str:
+    """Custom Ray resources as `ray start --resources` takes them, through KubeRay.
+
+    Ray reads whole amounts as integers or floats alike; they are written as integers,
+    the way counts of a resource are written by hand. KubeRay passes the value through
+    a shell, hence the quoted JSON.
+    """
+    amounts = {name: int(v) if float(v).is_integer() else v for name, v in resources.items()}
+    return f"'{json.dumps(amounts)}'"
+
+
 def _worker_group(
     md: ModelDeployment,
-    pool: NodePoolSpec,
+    node_pool: NodePoolSpec,
+    pool: PoolConfig,
     image: str,
     env: list[Any],
     env_from: list[Any],
     mounts: list[PVCMount],
 ) -> Object:
-    amounts: dict[str, str] = {"cpu": _quantity_cpu(pool.cpu)}
-    if pool.memory_gib is not None:
-        amounts["memory"] = _quantity_gib(pool.memory_gib)
-    if pool.gpu is not None:
-        gpus = md.spec.engine.tensor_parallel_size * md.spec.engine.pipeline_parallel_size
-        amounts["nvidia.com/gpu"] = str(gpus)
+    # One worker pod holds one replica of the pool's Serve deployment, so the pod gets
+    # what one replica asks Ray for; memory and placement are the node pool's own.
+    amounts: dict[str, str] = {"cpu": _quantity_cpu(pool.num_cpus)}
+    if node_pool.memory_gib is not None:
+        amounts["memory"] = _quantity_gib(node_pool.memory_gib)
+    if pool.num_gpus:
+        amounts["nvidia.com/gpu"] = str(pool.num_gpus)
     pod_spec: dict[str, Any] = {
         "containers": [
             _container(
@@ -269,11 +232,11 @@ def _worker_group(
             )
         ]
     }
-    if pool.node_selector:
-        pod_spec["nodeSelector"] = dict(pool.node_selector)
-    if pool.tolerations:
+    if node_pool.node_selector:
+        pod_spec["nodeSelector"] = dict(node_pool.node_selector)
+    if node_pool.tolerations:
         pod_spec["tolerations"] = [
-            t.model_dump(by_alias=True, exclude_none=True) for t in pool.tolerations
+            t.model_dump(by_alias=True, exclude_none=True) for t in node_pool.tolerations
         ]
     if mounts:
         pod_spec["volumes"] = [
@@ -283,16 +246,14 @@ def _worker_group(
             }
             for m in mounts
         ]
-    # One worker pod holds one replica of the pool's Serve deployment: it advertises one
-    # unit of the pool's custom resource, which each replica requests. KubeRay passes the
-    # value through a shell, hence the quoted JSON.
-    pool_resources = json.dumps({pool_resource_name(pool.name): 1})
+    # The pod advertises the pool's custom resources, which each replica requests, so
+    # the pool's replicas land on its pods and nowhere else.
     # `replicas` is left out on purpose: the Ray autoscaler owns it between the bounds.
     return {
         "groupName": pool.name,
         "minReplicas": pool.min_replicas,
         "maxReplicas": pool.max_replicas,
-        "rayStartParams": {"resources": f"'{pool_resources}'"},
+        "rayStartParams": {"resources": _ray_resources(pool.resources)},
         "template": {
             "metadata": {"labels": {LABEL_DEPLOYMENT: md.metadata.name, LABEL_POOL: pool.name}},
             "spec": pod_spec,
@@ -300,13 +261,17 @@ def _worker_group(
     }
 
 
-def ray_service_spec(md: ModelDeployment, image: str) -> Object:
-    """The RayService spec: a CPU head group, one worker group per pool, the Serve app."""
-    config = cluster_serving_config(md)
+def ray_service_spec(md: ModelDeployment, config: ServingConfig, image: str) -> Object:
+    """The RayService spec: a CPU head group, one worker group per pool, the Serve app.
+
+    `config` is the in-cluster ServingConfig of `md`; the worker groups give each pod
+    what one replica of its pool asks for there.
+    """
     env, env_from = _env(md, config), _env_from(md)
     mounts = pvc_mounts(md)
+    pools = {pool.name: pool for pool in config.pools}
     return {
-        "serveConfigV2": serve_config(md),
+        "serveConfigV2": serve_config(config),
         "rayClusterConfig": {
             "rayVersion": RAY_VERSION,
             "enableInTreeAutoscaling": True,
@@ -319,7 +284,8 @@ def ray_service_spec(md: ModelDeployment, image: str) -> Object:
             },
             "headGroupSpec": _head_group(md, image, env, env_from),
             "workerGroupSpecs": [
-                _worker_group(md, pool, image, env, env_from, mounts) for pool in md.spec.node_pools
+                _worker_group(md, node_pool, pools[node_pool.name], image, env, env_from, mounts)
+                for node_pool in md.spec.node_pools
             ],
         },
     }
@@ -329,25 +295,43 @@ def spec_hash(obj: Object) -> str:
     """Hash of what the operator sets on a child (labels and spec), for drift detection.
 
     ownerReferences and the hash annotation itself are left out, so `modelfleet render`
-    (which knows no owner uid) and the operator compute the same value.
+    (which knows no owner uid) and the operator compute the same value. A ConfigMap has
+    `data` where other objects have `spec`: it is hashed in the place of the spec, so a
+    change of the data counts as a change of the object.
     """
     meta = obj["metadata"]
-    essence = {"labels": meta.get("labels", {}), "spec": obj.get("spec")}
+    content = obj["spec"] if "spec" in obj else obj.get("data")
+    essence = {"labels": meta.get("labels", {}), "spec": content}
     digest = hashlib.sha256(json.dumps(essence, sort_keys=True).encode()).hexdigest()
     return digest[:16]
 
 
-def _finish(obj: Object, md: ModelDeployment, owner_uid: str | None) -> Object:
-    obj["metadata"]["annotations"] = {ANNOTATION_SPEC_HASH: spec_hash(obj)}
+def finish_child(obj: Object, md: ModelDeployment, owner_uid: str | None) -> Object:
+    """Complete a child of `md`: the spec-hash annotation and, with a uid, the owner.
+
+    Annotations the object already carries are kept. `owner_uid` is None where the
+    ModelDeployment does not exist yet (`modelfleet render`).
+    """
+    annotations = obj["metadata"].setdefault("annotations", {})
+    annotations[ANNOTATION_SPEC_HASH] = spec_hash(obj)
     if owner_uid is not None:
         obj["metadata"]["ownerReferences"] = [owner_reference(md, owner_uid)]
     return obj
 
 
 def ray_service(
-    md: ModelDeployment, *, image: str, namespace: str, owner_uid: str | None = None
+    md: ModelDeployment,
+    config: ServingConfig,
+    *,
+    image: str,
+    namespace: str,
+    owner_uid: str | None = None,
 ) -> Object:
-    """The RayService for `md`, named like it, in `namespace`."""
+    """The RayService for `md`, named like it, in `namespace`, serving `config`.
+
+    `config` is the in-cluster ServingConfig of `md` (`serving_config(md,
+    in_cluster=True)`).
+    """
     obj: Object = {
         "apiVersion": RAY_API_VERSION,
         "kind": RAY_SERVICE_KIND,
@@ -356,9 +340,9 @@ def ray_service(
             "namespace": namespace,
             "labels": labels(md, "ray-service"),
         },
-        "spec": ray_service_spec(md, image),
+        "spec": ray_service_spec(md, config, image),
     }
-    return _finish(obj, md, owner_uid)
+    return finish_child(obj, md, owner_uid)
 
 
 def openai_service(md: ModelDeployment, *, namespace: str, owner_uid: str | None = None) -> Object:
@@ -383,7 +367,7 @@ def openai_service(md: ModelDeployment, *, namespace: str, owner_uid: str | None
             ],
         },
     }
-    return _finish(obj, md, owner_uid)
+    return finish_child(obj, md, owner_uid)
 
 
 def render(
@@ -393,11 +377,13 @@ def render(
 
     `image` is the Ray image to use when the spec names none; `namespace` applies when
     the ModelDeployment's metadata has none; `owner_uid` (the ModelDeployment's uid,
-    unknown before it exists) adds the ownerReferences.
+    unknown before it exists) adds the ownerReferences. The spec becomes a ServingConfig
+    once, here, and every builder takes that one.
     """
     ns = namespace_of(md, namespace)
     chosen_image = md.spec.image or image
+    config = serving_config(md, in_cluster=True)
     return [
-        ray_service(md, image=chosen_image, namespace=ns, owner_uid=owner_uid),
+        ray_service(md, config, image=chosen_image, namespace=ns, owner_uid=owner_uid),
         openai_service(md, namespace=ns, owner_uid=owner_uid),
     ]

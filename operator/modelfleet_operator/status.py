@@ -19,7 +19,7 @@ from modelfleet_operator.api.v1alpha1 import (
     ModelDeploymentStatus,
     PoolStatus,
 )
-from modelfleet_operator.capacity import capacity_fit
+from modelfleet_operator.capacity import CapacityFit, capacity_fit
 from modelfleet_operator.render import APP_NAME, endpoint, namespace_of
 
 VALIDATED = "Validated"
@@ -36,6 +36,11 @@ REASON_WAITING = "WaitingForKubeRay"
 REASON_SERVING = "Serving"
 REASON_UPGRADING = "Upgrading"
 REASON_NOT_READY = "RayServiceNotReady"
+# The spec does not fit its GPUs: nothing of it is deployed; the last good one serves on.
+REASON_DOES_NOT_FIT = "DoesNotFit"
+REASON_SERVING_PREVIOUS = "ServingPreviousSpec"
+# Deployed although the estimate says it does not fit (the skip annotation).
+REASON_CHECK_SKIPPED = "CheckSkipped"
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,13 @@ class Observation:
     dependency_missing: str | None = None
     conflict: str | None = None
     ray_service: Mapping[str, Any] | None = None
+    # The capacity verdict (decide works it out from the spec alone when absent).
+    fit: CapacityFit | None = None
+    # Why this generation is not deployed (it does not fit); `ray_service` is then the
+    # live one of an earlier generation, if any, which keeps serving.
+    held_back: str | None = None
+    # Deployed against the capacity estimate, as the skip annotation asks.
+    capacity_skipped: bool = False
 
 
 def _previous(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -136,6 +148,51 @@ def _ready(
     return cond(READY, "True", REASON_SERVING, serving)
 
 
+def _held_back(
+    cond: Callable[[str, ConditionStatus, str, str], Condition],
+    md: ModelDeployment,
+    seen: Observation,
+    why: str,
+) -> tuple[list[Condition], dict[str, Any]]:
+    """Conditions (and status fields) of a generation that does not fit its GPUs.
+
+    Nothing of it is deployed. A RayService of an earlier generation keeps serving,
+    and the status says so; without one, nothing serves.
+    """
+    generation = f"generation {seen.generation} is not deployed: {why}"
+    refused = [
+        cond(VALIDATED, "False", REASON_DOES_NOT_FIT, generation),
+        cond(CAPACITY_FITS, "False", REASON_DOES_NOT_FIT, why),
+    ]
+    live = seen.ray_service
+    name = md.metadata.name
+    if live is None:
+        not_created = f"RayService {name} not created: the model does not fit its GPUs"
+        return [
+            *refused,
+            cond(RAY_SERVICE_READY, "False", REASON_DOES_NOT_FIT, not_created),
+            cond(READY, "False", REASON_DOES_NOT_FIT, generation),
+        ], {}
+    url = endpoint(name, namespace_of(md, seen.namespace))
+    ready, reason, message = ray_service_readiness(live)
+    serving = (
+        cond(
+            READY,
+            "True",
+            REASON_SERVING_PREVIOUS,
+            f"serving the previous spec at {url}; {generation}",
+        )
+        if ready
+        else cond(READY, "False", REASON_DOES_NOT_FIT, generation)
+    )
+    conditions = [
+        *refused,
+        cond(RAY_SERVICE_READY, "True" if ready else "False", reason, message),
+        serving,
+    ]
+    return conditions, {"endpoint": url, "ray_service": name}
+
+
 def decide(seen: Observation, previous_status: Mapping[str, Any], now: str) -> dict[str, Any]:
     """The whole status for `seen`, as written to the API (camelCase, no None values)."""
     previous = _previous(previous_status)
@@ -162,14 +219,22 @@ def decide(seen: Observation, previous_status: Mapping[str, Any], now: str) -> d
             cond(READY, "False", REASON_INVALID, message),
         ]
     else:
-        # The capacity fit is an estimate: it informs (and the admission webhook gates
-        # on it), but a RayService is still created when it says the model won't fit.
-        fit = capacity_fit(md.spec)
+        fit = seen.fit or capacity_fit(md.spec)
         valid = cond(VALIDATED, "True", REASON_VALID, "the spec is valid")
         fits = cond(CAPACITY_FITS, fit.condition_status, fit.reason, fit.message)
+        if seen.capacity_skipped:
+            fits = cond(
+                CAPACITY_FITS,
+                "False",
+                REASON_CHECK_SKIPPED,
+                f"deployed anyway, as the skip-capacity-check annotation asks: {fit.message}",
+            )
         extra["capacity"] = fit.status_capacity()
         name = md.metadata.name
-        if seen.dependency_missing is not None:
+        if seen.held_back is not None:
+            conditions, held = _held_back(cond, md, seen, seen.held_back)
+            extra |= held
+        elif seen.dependency_missing is not None:
             why = seen.dependency_missing
             conditions = [
                 valid,

@@ -1,13 +1,20 @@
 """The one translation both the operator and `modelfleet serve` use:
 ModelDeployment spec → ServingConfig.
 
+In the cluster the translation also decides where the files of pvc:// sources appear:
+`pvc_mounts` names the claims the worker pods mount, and `serving_config(md,
+in_cluster=True)` points the sources at them, so both follow the one path rule below.
+
 Pure: no Kubernetes, Kopf or Ray imports.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from modelfleet_serving.config import (
     DEFAULT_API_KEYS_ENV,
+    PVC_MOUNT_ROOT,
     AutoscalingConfig,
     EngineConfig,
     EngineKind,
@@ -30,6 +37,52 @@ def pool_resource_name(pool: str) -> str:
     return f"modelfleet_pool_{pool.replace('-', '_')}"
 
 
+_PVC_SCHEME = "pvc://"
+
+
+@dataclass(frozen=True)
+class PVCMount:
+    """One PersistentVolumeClaim mounted read-only into the Ray workers."""
+
+    claim: str
+    volume: str
+
+    @property
+    def mount_path(self) -> str:
+        """Where the claim's files appear inside the containers."""
+        return _mount_path(self.claim)
+
+
+def _mount_path(claim_and_path: str) -> str:
+    """The path rule: `claim/path` of a pvc:// source lies at this path in the pods."""
+    return f"{PVC_MOUNT_ROOT}/{claim_and_path}"
+
+
+def _is_pvc(source: str) -> bool:
+    return source.startswith(_PVC_SCHEME)
+
+
+def _in_cluster_source(source: str) -> str:
+    """pvc://claim/path → the file:// URL of the same files under the mount; others as-is."""
+    if not _is_pvc(source):
+        return source
+    return f"file://{_mount_path(source.removeprefix(_PVC_SCHEME))}"
+
+
+def _pvc_sources(md: ModelDeployment) -> list[str]:
+    """The pvc:// sources of `md`, among its weights and its Triton repository."""
+    sources = [md.spec.model.source]
+    if md.spec.engine.triton is not None:
+        sources.append(md.spec.engine.triton.repository)
+    return [s for s in sources if _is_pvc(s)]
+
+
+def pvc_mounts(md: ModelDeployment) -> list[PVCMount]:
+    """The claims named by pvc:// sources (model weights, Triton repository), sorted."""
+    claims = sorted({s.removeprefix(_PVC_SCHEME).split("/", 1)[0] for s in _pvc_sources(md)})
+    return [PVCMount(claim=claim, volume=f"pvc-{i}") for i, claim in enumerate(claims)]
+
+
 def _pool(pool: NodePoolSpec, gpus_per_replica: int, *, in_cluster: bool) -> PoolConfig:
     return PoolConfig(
         name=pool.name,
@@ -45,17 +98,26 @@ def _pool(pool: NodePoolSpec, gpus_per_replica: int, *, in_cluster: bool) -> Poo
 def serving_config(md: ModelDeployment, *, in_cluster: bool) -> ServingConfig:
     """Build the Serve application's config from a ModelDeployment.
 
-    `in_cluster` adds the per-pool custom resources that only exist on the RayCluster
-    the operator renders; a local Ray has one node and no such resources.
+    `in_cluster` is the config the operator ships in the RayService: it adds the
+    per-pool custom resources that only exist on the RayCluster the operator renders
+    (a local Ray has one node and no such resources), and it rewrites pvc:// sources
+    to the files the workers see under the mounts of `pvc_mounts`, so the serving app
+    reads local files and never needs Kubernetes access.
     """
     spec = md.spec
     engine = spec.engine
+
+    def source(value: str) -> str:
+        return _in_cluster_source(value) if in_cluster else value
+
     triton = None
     if engine.triton is not None:
         triton = TritonConfig(
             model_name=engine.triton.model_name,
-            repository=engine.triton.repository,
+            repository=source(engine.triton.repository),
             url=engine.triton.url,
+            server_command=engine.triton.server_command,
+            metrics_url=engine.triton.metrics_url,
             tokenizer=engine.triton.tokenizer,
         )
     engine_config = EngineConfig(
@@ -73,7 +135,7 @@ def serving_config(md: ModelDeployment, *, in_cluster: bool) -> ServingConfig:
     return ServingConfig(
         name=md.metadata.name,
         model=ModelConfig(
-            source=spec.model.source,
+            source=source(spec.model.source),
             served_name=spec.model.served_name,
             quantization=None if quantization is Quantization.NONE else quantization.value,
             dtype=spec.model.dtype,

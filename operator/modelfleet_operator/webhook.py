@@ -3,8 +3,11 @@
 The apiserver's schema and CEL rules cannot know whether a model fits its GPUs or
 whether `engine.extraArgs` names real engine flags; this webhook refuses such specs at
 `kubectl apply`, with a message that gives the numbers and the fix, instead of letting
-them fail minutes later on a GPU node. What the check cannot judge (CPU pools, unknown
-models) is admitted with a warning that `kubectl` prints.
+them fail minutes later on a GPU node. The model's shape comes from its checkpoint
+where the operator can read it (`hub.py`, within a few seconds, cached), else from its
+name, and the message says which. What the check cannot judge (CPU pools, unknown
+models) is admitted with a warning that `kubectl` prints. The reconcile applies the
+same gate (`capacity.gate`), so the webhook only moves the refusal to `kubectl apply`.
 
 Importing this module registers the handler with Kopf, and Kopf refuses to start with
 admission handlers but no webhook server, so `run_operator` imports it only when a
@@ -16,7 +19,7 @@ to the handler whose id is the last part of the URL path, so the chart's path is
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,20 +27,24 @@ from typing import Any
 import kopf
 
 from modelfleet_operator.api import v1alpha1
-from modelfleet_operator.capacity import capacity_fit, local_model_config
+from modelfleet_operator.api.v1alpha1 import ModelSpec
+
+# Re-exported: the annotation that deploys a spec against the capacity estimate.
+from modelfleet_operator.capacity import SKIP_CAPACITY_ANNOTATION as SKIP_CAPACITY_ANNOTATION
+from modelfleet_operator.capacity import capacity_fit, gate
 from modelfleet_operator.checks import check
-from modelfleet_operator.engine_flags import lint_extra_args
+from modelfleet_operator.hub import ShapeCache, ShapeLookup
 
 WEBHOOK_ID = "validate-modelfleet-io-v1alpha1-modeldeployment"
 WEBHOOK_PATH = f"/{WEBHOOK_ID}"
 
-# Set to "true" on a ModelDeployment to admit it although the capacity estimate says it
-# does not fit (a model the table mistakes for another, a GPU with unusual overheads).
-SKIP_CAPACITY_ANNOTATION = f"{v1alpha1.GROUP}/skip-capacity-check"
-
 # The Secret the chart mounts holds a kubernetes.io/tls pair under these names.
 CERT_FILE = "tls.crt"
 KEY_FILE = "tls.key"
+
+# Model shapes read for admission, cached across requests (hub.ShapeCache): the
+# checkpoint is read once per model, within the webhook's timeout.
+SHAPES = ShapeCache()
 
 
 @dataclass(frozen=True)
@@ -48,12 +55,19 @@ class Review:
     warnings: list[str] = field(default_factory=list)
 
 
-def review(obj: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> Review:
+def review(
+    obj: Mapping[str, Any],
+    old: Mapping[str, Any] | None = None,
+    *,
+    shapes: Callable[[ModelSpec], ShapeLookup] = SHAPES,
+) -> Review:
     """Judge a ModelDeployment as the apiserver sends it for CREATE or UPDATE.
 
     An update that leaves the spec alone (labels, annotations, finalizers, Kopf's own
-    bookkeeping) is admitted unjudged, as is an object being deleted: refusing those
-    would stall the operator and deletion of a spec admitted under older rules.
+    bookkeeping) is admitted unjudged, as is an object being deleted:
+    refusing those would stall the operator and deletion of a spec admitted under
+    older rules. `shapes` finds the model's shape (the checkpoint, read through the
+    hub with a short timeout, else the name).
     """
     if (obj.get("metadata") or {}).get("deletionTimestamp"):
         return Review()
@@ -65,19 +79,15 @@ def review(obj: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> Revi
         return Review(problems=checked.problems)
     spec = checked.md.spec
     problems = list(checked.problems)
-    problems += lint_extra_args(spec.engine.kind, spec.engine.extra_args)
-    fit = capacity_fit(spec, local_model_config(spec.model.source))
-    warnings = []
-    annotations = (obj.get("metadata") or {}).get("annotations") or {}
-    if fit.fits is None:
-        warnings.append(f"capacity not checked: {fit.message}")
-    elif fit.fits is False and annotations.get(SKIP_CAPACITY_ANNOTATION) == "true":
-        warnings.append(f"capacity check skipped by {SKIP_CAPACITY_ANNOTATION}: {fit.message}")
-    elif fit.fits is False:
-        problems.append(
-            f"{fit.message} (if this estimate is wrong, annotate the object with "
-            f'{SKIP_CAPACITY_ANNOTATION}: "true")'
-        )
+    if any(pool.gpu is not None for pool in spec.node_pools):
+        lookup = shapes(spec.model)
+        fit = capacity_fit(spec, lookup.shape, note=lookup.note)
+    else:
+        fit = capacity_fit(spec)
+    verdict = gate(fit, (obj.get("metadata") or {}).get("annotations"))
+    if verdict.refused is not None:
+        problems.append(verdict.refused)
+    warnings = [verdict.warning] if verdict.warning else []
     return Review(problems=problems, warnings=warnings)
 
 

@@ -19,6 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # a deployment asks for keys; the operator fills it from the user's Secret.
 DEFAULT_API_KEYS_ENV = "MODELFLEET_API_KEYS"
 
+# Where the operator mounts the PersistentVolumeClaims of `pvc://claim/path` sources
+# (read-only) inside the Ray pods, one folder per claim. It lives here, in the serving
+# package, because both sides need it: the operator mounts the claims there and
+# rewrites the sources to it, and the replicas read the files from it.
+PVC_MOUNT_ROOT = "/mnt/modelfleet"
+
 ScalarArg = str | int | float | bool
 
 

@@ -1,6 +1,7 @@
 """The `modelfleet_*` metrics the ingress exposes at GET /metrics.
 
-Names and labels are a contract with the dashboards (DESIGN.md, "Metrics"). The
+Names and labels are a contract with the dashboards (DESIGN.md, "Metrics"): each name
+is spelled once, in the constants below, which the dashboards and the tests import. The
 request counter is counted here, where the HTTP status is known; latency histograms,
 token counters and engine gauges come from the LLM replicas' reports (telemetry.py)
 and are rendered on each scrape by a custom collector, so the ingress never keeps a
@@ -25,33 +26,45 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from modelfleet_serving.telemetry import HISTOGRAMS, PoolSummary
+from modelfleet_serving.telemetry import E2E, ITL, TPOT, TTFT, PoolSummary
 
 PREFIX = "modelfleet_"
 LABELS = ("model", "pool")
 
-# Every metric name DESIGN.md lists for the serving plane, without the prefix.
-METRIC_NAMES = (
-    *HISTOGRAMS,
-    "requests_total",
-    "prompt_tokens_total",
-    "generation_tokens_total",
-    "requests_waiting",
-    "requests_running",
-    "kv_cache_usage_ratio",
-    "replicas",
-    "autoscaling_target_queue_depth",
+# The names as Prometheus stores them (counters with their `_total`). The latency
+# histograms are named after the telemetry histograms they expose.
+TIME_TO_FIRST_TOKEN = PREFIX + TTFT
+TIME_PER_OUTPUT_TOKEN = PREFIX + TPOT
+INTER_TOKEN_LATENCY = PREFIX + ITL
+E2E_REQUEST_LATENCY = PREFIX + E2E
+REQUESTS_TOTAL = PREFIX + "requests_total"
+PROMPT_TOKENS_TOTAL = PREFIX + "prompt_tokens_total"
+GENERATION_TOKENS_TOTAL = PREFIX + "generation_tokens_total"
+REQUESTS_WAITING = PREFIX + "requests_waiting"
+REQUESTS_RUNNING = PREFIX + "requests_running"
+KV_CACHE_USAGE_RATIO = PREFIX + "kv_cache_usage_ratio"
+REPLICAS = PREFIX + "replicas"
+AUTOSCALING_TARGET_QUEUE_DEPTH = PREFIX + "autoscaling_target_queue_depth"
+
+# The latency histograms, in the order DESIGN.md lists them.
+HISTOGRAM_NAMES = (
+    TIME_TO_FIRST_TOKEN,
+    TIME_PER_OUTPUT_TOKEN,
+    INTER_TOKEN_LATENCY,
+    E2E_REQUEST_LATENCY,
 )
-
-_HELP = {
-    "time_to_first_token_seconds": "Time from arrival to the first output token.",
-    "time_per_output_token_seconds": "Mean time per output token after the first, per request.",
-    "inter_token_latency_seconds": "Time between consecutive output tokens.",
-    "e2e_request_latency_seconds": "Time from arrival to the last output token.",
-}
-
-# `*_created` series double the exposition and no dashboard reads them.
-disable_created_metrics()  # type: ignore[no-untyped-call]
+# Every metric name DESIGN.md lists for the serving plane.
+METRIC_NAMES = (
+    *HISTOGRAM_NAMES,
+    REQUESTS_TOTAL,
+    PROMPT_TOKENS_TOTAL,
+    GENERATION_TOKENS_TOTAL,
+    REQUESTS_WAITING,
+    REQUESTS_RUNNING,
+    KV_CACHE_USAGE_RATIO,
+    REPLICAS,
+    AUTOSCALING_TARGET_QUEUE_DEPTH,
+)
 
 NO_POOL = "none"
 """`pool` label of requests refused before a pool was chosen (401, 404, 400, 429)."""
@@ -71,30 +84,39 @@ class _EngineCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         summaries = self._summaries()
         labels = list(LABELS)
+        # Keyed by the telemetry histogram each one exposes.
         histograms = {
-            name: HistogramMetricFamily(PREFIX + name, _HELP[name], labels=labels)
-            for name in HISTOGRAMS
+            TTFT: HistogramMetricFamily(
+                TIME_TO_FIRST_TOKEN, "Time from arrival to the first output token.", labels=labels
+            ),
+            TPOT: HistogramMetricFamily(
+                TIME_PER_OUTPUT_TOKEN,
+                "Mean time per output token after the first, per request.",
+                labels=labels,
+            ),
+            ITL: HistogramMetricFamily(
+                INTER_TOKEN_LATENCY, "Time between consecutive output tokens.", labels=labels
+            ),
+            E2E: HistogramMetricFamily(
+                E2E_REQUEST_LATENCY, "Time from arrival to the last output token.", labels=labels
+            ),
         }
-        prompt = CounterMetricFamily(
-            PREFIX + "prompt_tokens", "Prompt tokens processed.", labels=labels
-        )
+        prompt = CounterMetricFamily(PROMPT_TOKENS_TOTAL, "Prompt tokens processed.", labels=labels)
         generation = CounterMetricFamily(
-            PREFIX + "generation_tokens", "Output tokens generated.", labels=labels
+            GENERATION_TOKENS_TOTAL, "Output tokens generated.", labels=labels
         )
         waiting = GaugeMetricFamily(
-            PREFIX + "requests_waiting", "Requests queued in the engines.", labels=labels
+            REQUESTS_WAITING, "Requests queued in the engines.", labels=labels
         )
         running = GaugeMetricFamily(
-            PREFIX + "requests_running", "Requests the engines are running.", labels=labels
+            REQUESTS_RUNNING, "Requests the engines are running.", labels=labels
         )
         kv = GaugeMetricFamily(
-            PREFIX + "kv_cache_usage_ratio", "KV-cache fraction in use (mean).", labels=labels
+            KV_CACHE_USAGE_RATIO, "KV-cache fraction in use (mean).", labels=labels
         )
-        replicas = GaugeMetricFamily(
-            PREFIX + "replicas", "LLM replicas by state.", labels=[*labels, "state"]
-        )
+        replicas = GaugeMetricFamily(REPLICAS, "LLM replicas by state.", labels=[*labels, "state"])
         target = GaugeMetricFamily(
-            PREFIX + "autoscaling_target_queue_depth",
+            AUTOSCALING_TARGET_QUEUE_DEPTH,
             "Waiting requests per replica the autoscaler aims at (targetQueueDepth).",
             labels=labels,
         )
@@ -126,10 +148,15 @@ class IngressMetrics:
         *,
         target_queue_depth: float,
     ) -> None:
+        # `*_created` series double the exposition and no dashboard reads them. The
+        # switch is global to prometheus_client, so it is thrown here, where the
+        # ingress starts, rather than on import: the operator imports this module for
+        # the metric names and keeps the `*_created` series of its own metrics.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.model = model
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter(
-            PREFIX + "requests",
+            REQUESTS_TOTAL,
             "Requests answered, by HTTP status code.",
             [*LABELS, "code"],
             registry=self.registry,

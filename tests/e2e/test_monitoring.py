@@ -3,8 +3,10 @@
 The operator runs as `modelfleet operator` (outside any pod: there is no kubelet) and
 reconciles a ModelDeployment with monitoring on. The tests check that the dashboards
 ConfigMap appears with the label Grafana's sidecar watches, that a ServiceMonitor
-appears only once the Prometheus Operator's CRD exists, and that a real Prometheus
-scraping the operator's /metrics has data for every panel of the operator dashboard.
+appears only once the Prometheus Operator's CRD exists, that a real Prometheus
+scraping the operator's /metrics has data for every panel of the operator dashboard,
+and that turning a monitoring child off in the spec deletes the one the operator made
+while a user's object that merely carries its name stays.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from modelfleet_operator.monitoring import DASHBOARD_LABEL
 from modelfleet_operator.names import SERVICE_MONITOR_CRD
 
 from tests.cluster.controlplane import ControlPlane
-from tests.prometheus_fixtures import SCRAPE_INTERVAL_S, Prometheus, free_port
+from tests.helpers import free_port, wait_for
+from tests.prometheus_fixtures import SCRAPE_INTERVAL_S, Prometheus
 
 pytestmark = pytest.mark.e2e
 
@@ -48,13 +51,8 @@ OPERATOR_ENV = {
 
 
 def _wait_for(read: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = read()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+    """The first truthy value `read` returns."""
+    return wait_for(lambda: read() or None, what, timeout)
 
 
 def _get(cp: ControlPlane, *args: str) -> dict[str, Any] | None:
@@ -214,3 +212,71 @@ def test_every_operator_panel_has_data(
         dashboards()["modelfleet-operator.json"], {}, since=started
     )
     assert not empty, "panels with no data:\n" + "\n".join(empty)
+
+
+def _events(cp: ControlPlane, namespace: str, name: str, reason: str) -> list[str]:
+    """The messages of the events with `reason` about the object `name`."""
+    events = cp.kubectl_run(
+        "get",
+        "events",
+        f"--namespace={namespace}",
+        f"--field-selector=involvedObject.name={name}",
+        "--output=json",
+    )
+    return [e["message"] for e in json.loads(events.stdout)["items"] if e["reason"] == reason]
+
+
+def _monitoring(cp: ControlPlane, namespace: str, name: str, **parts: bool) -> None:
+    patch = json.dumps({"spec": {"monitoring": parts}})
+    cp.kubectl_run(
+        "patch", "md", name, f"--namespace={namespace}", "--type=merge", f"--patch={patch}"
+    )
+
+
+def test_children_turned_off_are_deleted_and_a_namesake_stays(
+    control_plane: ControlPlane,
+    deployment: tuple[str, str, Operator],
+    service_monitor_crd: None,
+) -> None:
+    # A ModelDeployment of its own next to the shared one, so the other tests keep theirs.
+    namespace, _, _ = deployment
+    md = yaml.safe_load(EXAMPLE.read_text())
+    name = "switched-off"
+    md["metadata"].update(name=name, namespace=namespace)
+    md["spec"]["monitoring"] = {"serviceMonitor": True, "dashboards": True}
+    control_plane.kubectl_run("apply", "--filename=-", input=json.dumps(md))
+    config_map = ("configmap", f"{name}-dashboards", f"--namespace={namespace}")
+    monitor = ("servicemonitor", f"{name}-metrics", f"--namespace={namespace}")
+    _wait_for(lambda: _get(control_plane, *config_map), "the dashboards ConfigMap")
+    _wait_for(lambda: _get(control_plane, *monitor), "the ServiceMonitor")
+
+    _monitoring(control_plane, namespace, name, dashboards=False)
+    _wait_for(lambda: _get(control_plane, *config_map) is None, "the ConfigMap to be deleted")
+    assert _get(control_plane, *monitor) is not None, "only what was turned off goes"
+
+    # Someone else takes the freed name; the operator must not count it as its own.
+    control_plane.kubectl_run(
+        "create", "configmap", config_map[1], f"--namespace={namespace}", "--from-literal=a=b"
+    )
+    theirs = _get(control_plane, *config_map)
+    assert theirs is not None
+    _monitoring(control_plane, namespace, name, serviceMonitor=False)
+    _wait_for(lambda: _get(control_plane, *monitor) is None, "the ServiceMonitor to be deleted")
+    # That reconciliation looked at the ConfigMap too; a few drift rounds more to be sure.
+    time.sleep(3 * float(OPERATOR_ENV["MODELFLEET_DRIFT_INTERVAL_SECONDS"]))
+    after = _get(control_plane, *config_map)
+    assert after is not None, "the operator deleted a ConfigMap it did not make"
+    assert after["metadata"]["uid"] == theirs["metadata"]["uid"]
+    assert after["metadata"]["resourceVersion"] == theirs["metadata"]["resourceVersion"]
+    assert after["data"] == {"a": "b"}
+
+    def two_deleted_events() -> list[str] | None:
+        # Kopf posts events in the background: they may trail the deletions a little.
+        found = _events(control_plane, namespace, name, "Deleted")
+        return found if len(found) >= 2 else None
+
+    deleted = _wait_for(two_deleted_events, "the Deleted events")
+    assert sorted(deleted) == [
+        f"deleted ConfigMap {name}-dashboards: spec.monitoring no longer asks for it",
+        f"deleted ServiceMonitor {name}-metrics: spec.monitoring no longer asks for it",
+    ]

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from tests import helpers
 from tests.cluster.controlplane import ControlPlane, ControlPlaneError, install_kuberay_crds
 from tests.helpers import free_port
 
@@ -151,15 +152,8 @@ def wait_for(
     probe: Callable[[], T | None], what: str, operator: Operator | None, timeout: float = TIMEOUT
 ) -> T:
     """Poll `probe` until it returns something other than None (or False)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            tail = f"\noperator log:\n{operator.tail()}" if operator is not None else ""
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
-        time.sleep(0.5)
+    tail = (lambda: f"operator log:\n{operator.tail()}") if operator is not None else None
+    return helpers.wait_for(probe, what, timeout, details=tail)
 
 
 def condition(md: dict[str, Any] | None, kind: str) -> dict[str, Any]:
@@ -704,6 +698,9 @@ CAN = [
     ("patch", "rayservices.ray.io"),
     ("patch", "services"),
     ("create", "events"),
+    # Monitoring children that the spec turns off are removed.
+    ("delete", "configmaps"),
+    ("delete", "servicemonitors.monitoring.coreos.com"),
 ]
 CANNOT = [
     ("delete", "rayservices.ray.io"),

@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 from modelfleet_operator.dashboards import dashboards
+from modelfleet_serving.metrics import REQUESTS_TOTAL
 
 from tests.prometheus_fixtures import SCRAPE_INTERVAL_S, Prometheus, substitute
 
@@ -65,7 +66,7 @@ def test_every_serving_panel_has_data(prometheus: Prometheus, tiny_cpu_serve: st
     assert not empty, "panels with no data:\n" + "\n".join(empty)
 
     # The error path is visible too, on the "Requests by status code" panel.
-    requests = prometheus.query(f'modelfleet_requests_total{{model="{model}"}}')
+    requests = prometheus.query(f'{REQUESTS_TOTAL}{{model="{model}"}}')
     assert {"200", "400", "404"} <= {s["metric"]["code"] for s in requests}
 
 

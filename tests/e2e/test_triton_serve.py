@@ -1,27 +1,31 @@
 """`modelfleet serve` with `engine.kind: triton`, as users reach it: the `openai` client.
 
-A real tritonserver (the CPU build from nvidia-pytriton) holds the decoupled python
-stand-in for TensorRT-LLM (tests/assets/triton); `modelfleet serve` runs
-manifests/examples/tiny-triton.yaml on a local Ray, pointed at that server by `url`,
-so the tests can watch what reached the model, stop the server and bring it back.
+`modelfleet serve manifests/examples/tiny-triton.yaml` runs the example as shipped on a
+local Ray: its replica starts the CPU build of tritonserver (from nvidia-pytriton) with
+the built-in stand-in for TensorRT-LLM (`builtin://tiny-triton-standin`, a decoupled
+python-backend model). The stand-in logs what reaches it to the file named by
+MODELFLEET_TRITON_EVENT_LOG in the command's environment, which the replica and its
+server inherit; the same variable finds the replica's server when a test kills it.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import yaml
 
-from tests.serve_fixtures import stop_group, wait_for_serving
-from tests.triton_fixtures import TritonStandIn
+from tests.serve_fixtures import stop_serve, wait_for_serving
+from tests.triton_fixtures import TRITON_EVENT_LOG_ENV, read_events, tritonservers_logging_to
 
 pytestmark = pytest.mark.e2e
 
@@ -33,30 +37,58 @@ WORDS = frozenset((
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
     "india", "juliett", "kilo", "lima", "mike", "november", "oscar", "papa",
 ))  # fmt: skip
+# Serve notices a dead server at its next health check (every 10 s) and starts a new
+# replica, which loads the tokenizer and starts a server again: on a busy two-core
+# machine that takes a minute or more.
+REPLACEMENT_TIMEOUT_S = 240.0
+
+
+@dataclass(frozen=True)
+class Served:
+    """`modelfleet serve` of the example: its base URL and the stand-in's event log."""
+
+    base_url: str
+    event_log: Path
+
+    def events(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        """What reached the stand-in model (received, finished, cancelled)."""
+        return read_events(self.event_log, request_id)
 
 
 @pytest.fixture(scope="module")
-def base_url(
-    triton_stand_in: TritonStandIn, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """The example manifest served by `modelfleet serve`, using the stand-in server."""
+def served(
+    tritonserver_installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """The example manifest, as shipped, served by `modelfleet serve`."""
     root = tmp_path_factory.mktemp("triton-serve")
-    manifest = yaml.safe_load(EXAMPLE.read_text())
-    triton = manifest["spec"]["engine"]["triton"]
-    triton["repository"] = f"file://{triton_stand_in.repository}"
-    triton["url"] = triton_stand_in.server.grpc_url
-    path = root / "tiny-triton.yaml"
-    path.write_text(yaml.safe_dump(manifest))
+    event_log = root / "events.jsonl"
     log_path = root / "serve.log"
-    command = [str(Path(sys.executable).with_name("modelfleet")), "serve", str(path), "--port", "0"]
+    command = [
+        str(Path(sys.executable).with_name("modelfleet")),
+        "serve",
+        str(EXAMPLE),
+        "--port",
+        "0",
+    ]
+    env = {**os.environ, TRITON_EVENT_LOG_ENV: str(event_log)}
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
         )
     try:
-        yield wait_for_serving(process, log_path)
+        yield Served(wait_for_serving(process, log_path), event_log)
     finally:
-        stop_group(process)
+        stop_serve(process)
+
+
+@pytest.fixture(scope="module")
+def base_url(served: Served) -> str:
+    return served.base_url
 
 
 @pytest.fixture
@@ -121,9 +153,7 @@ def test_engine_telemetry_reaches_the_metrics(base_url: str) -> None:
     assert "modelfleet_time_to_first_token_seconds_bucket" in text
 
 
-def test_closing_a_stream_cancels_the_triton_request(
-    client: openai.OpenAI, triton_stand_in: TritonStandIn
-) -> None:
+def test_closing_a_stream_cancels_the_triton_request(client: openai.OpenAI, served: Served) -> None:
     # 400 words at the stand-in's pace take several seconds: long enough to cancel.
     stream = _chat(client, max_tokens=400, stream=True)
     first = next(iter(stream))
@@ -131,7 +161,7 @@ def test_closing_a_stream_cancels_the_triton_request(
     stream.close()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        events = {e["event"]: e for e in triton_stand_in.events(request_id)}
+        events = {e["event"]: e for e in served.events(request_id)}
         if "cancelled" in events or "finished" in events:
             break
         time.sleep(0.2)
@@ -152,38 +182,41 @@ def test_closing_a_stream_cancels_the_triton_request(
     ],
 )
 def test_bad_parameters_never_reach_triton(
-    client: openai.OpenAI, triton_stand_in: TritonStandIn, kwargs: dict[str, Any], param: str
+    client: openai.OpenAI, served: Served, kwargs: dict[str, Any], param: str
 ) -> None:
-    received = len(triton_stand_in.events())
+    received = len(served.events())
     with pytest.raises(openai.BadRequestError) as caught:
         _chat(client, **kwargs)
     error = caught.value.body
     assert isinstance(error, dict) and error["param"] == param, error
-    assert len(triton_stand_in.events()) == received
+    assert len(served.events()) == received
 
 
-def test_triton_down_is_503_and_back_serves_again(
-    client: openai.OpenAI, triton_stand_in: TritonStandIn
-) -> None:
-    triton_stand_in.server.stop()
-    try:
-        with pytest.raises(openai.APIStatusError) as caught:
-            _chat(client, max_tokens=3)
-        assert caught.value.status_code == 503
-        assert "Triton server at" in caught.value.message
-        with pytest.raises(openai.APIStatusError) as caught:
-            list(_chat(client, max_tokens=3, stream=True))
-        assert caught.value.status_code == 503
-    finally:
-        triton_stand_in.server.start()
-    # The gRPC channel reconnects with back-off: allow it a few tries.
-    deadline = time.monotonic() + 60
+def test_triton_down_is_503_and_back_serves_again(client: openai.OpenAI, served: Served) -> None:
+    # The replica owns its server: killing the server makes the replica's requests 503
+    # until Serve's health check replaces the replica, and with it the server.
+    [pid] = tritonservers_logging_to(served.event_log)
+    os.killpg(pid, signal.SIGKILL)
+    with pytest.raises(openai.APIStatusError) as caught:
+        _chat(client, max_tokens=3)
+    assert caught.value.status_code == 503
+    assert "Triton server at" in caught.value.message
+    with pytest.raises(openai.APIStatusError) as caught:
+        list(_chat(client, max_tokens=3, stream=True))
+    assert caught.value.status_code == 503
+    # Requests wait in Serve while the new replica starts: allow them that long.
+    patient = client.with_options(timeout=REPLACEMENT_TIMEOUT_S)
+    deadline = time.monotonic() + REPLACEMENT_TIMEOUT_S
     while True:
         try:
-            response = _chat(client, max_tokens=3)
+            response = _chat(patient, max_tokens=3)
             break
-        except openai.APIStatusError as e:
-            if e.status_code != 503 or time.monotonic() > deadline:
+        except (openai.APIStatusError, openai.APITimeoutError) as e:
+            if isinstance(e, openai.APIStatusError) and e.status_code != 503:
+                raise
+            if time.monotonic() > deadline:
                 raise
             time.sleep(1)
     assert len(response.choices[0].message.content.split()) == 3
+    [replacement] = tritonservers_logging_to(served.event_log)
+    assert replacement != pid

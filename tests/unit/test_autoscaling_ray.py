@@ -1,5 +1,6 @@
 """The Ray Serve adapter of the queue-depth policy, run through Ray's own policy wrappers,
-and the replay simulator's figures against the goals of issue 8."""
+and the replay simulator's figures against the policy's goals: at least twice as quick to
+react as Ray Serve's default, at most 10 % more replica-seconds, no reversal on a plateau."""
 
 from __future__ import annotations
 
@@ -189,7 +190,7 @@ def test_application_policy_leaves_other_deployments_to_ray() -> None:
     assert policy({ctx.deployment_id: ctx}) == ({}, {})
 
 
-def test_replay_meets_the_goals_of_issue_8() -> None:
+def test_replay_meets_the_autoscaling_goals() -> None:
     from benchmarks.autoscaling_replay import run
 
     results = run(seed=7)

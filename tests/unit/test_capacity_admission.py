@@ -8,13 +8,32 @@ from typing import Any
 
 import kopf
 import pytest
-from modelfleet_operator.webhook import WEBHOOK_PATH, configure_webhook, review
+from modelfleet_operator.api import v1alpha1
+from modelfleet_operator.api.v1alpha1 import ModelSpec
+from modelfleet_operator.hub import ShapeLookup, resolve_shape
+from modelfleet_operator.model_shape import ModelShape, Origin
+from modelfleet_operator.webhook import (
+    SKIP_CAPACITY_ANNOTATION,
+    WEBHOOK_PATH,
+    Review,
+    configure_webhook,
+)
+from modelfleet_operator.webhook import review as webhook_review
+
+
+def offline(model: ModelSpec) -> ShapeLookup:
+    """Shapes without the hub: these tests judge objects, not the network."""
+    return resolve_shape(model, fetch=False)
+
+
+def review(obj: dict[str, Any], old: dict[str, Any] | None = None) -> Review:
+    return webhook_review(obj, old, shapes=offline)
 
 
 def deployment(**engine: Any) -> dict[str, Any]:
     return {
-        "apiVersion": "modelfleet.io/v1alpha1",
-        "kind": "ModelDeployment",
+        "apiVersion": v1alpha1.API_VERSION,
+        "kind": v1alpha1.KIND,
         "metadata": {"name": "qwen", "namespace": "default"},
         "spec": {
             "model": {"source": "hf://Qwen/Qwen2-7B-Instruct", "servedName": "qwen"},
@@ -63,7 +82,7 @@ def test_updates_that_leave_the_spec_alone_are_not_judged() -> None:
     # Admitted under older rules: the operator's own annotation patches must still pass.
     old = deployment(maxModelLen=1_048_576)
     new = copy.deepcopy(old)
-    new["metadata"]["annotations"] = {"modelfleet.io/last-handled-configuration": "{}"}
+    new["metadata"]["annotations"] = {f"{v1alpha1.GROUP}/last-handled-configuration": "{}"}
     assert review(new, old).problems == []
     changed = copy.deepcopy(new)
     changed["spec"]["engine"]["maxNumSeqs"] = 8
@@ -106,10 +125,37 @@ def test_configure_webhook_needs_the_certificate(tmp_path: Path) -> None:
 def test_the_capacity_check_can_be_skipped_by_annotation() -> None:
     obj = deployment(maxModelLen=1_048_576)
     refused = review(obj).problems
-    assert refused and 'modelfleet.io/skip-capacity-check: "true"' in refused[0]
-    obj["metadata"]["annotations"] = {"modelfleet.io/skip-capacity-check": "true"}
+    assert refused and f'{SKIP_CAPACITY_ANNOTATION}: "true"' in refused[0]
+    obj["metadata"]["annotations"] = {SKIP_CAPACITY_ANNOTATION: "true"}
     verdict = review(obj)
     assert verdict.problems == []
-    assert verdict.warnings[0].startswith(
-        "capacity check skipped by modelfleet.io/skip-capacity-check"
+    assert verdict.warnings[0].startswith(f"capacity check skipped by {SKIP_CAPACITY_ANNOTATION}")
+
+
+def test_valid_vllm_serve_flags_are_admitted() -> None:
+    args = {
+        "tool-call-parser": "hermes",
+        "enable-auto-tool-choice": True,
+        "chat-template": "/templates/chat.jinja",
+        "lora-modules": "sql=/adapters/sql",
+    }
+    assert review(deployment(extraArgs=args)).problems == []
+
+
+def test_the_shape_comes_from_the_resolver() -> None:
+    # A checkpoint that says it is small fits where the name alone would not.
+    small = ModelShape(
+        "tiny", 1e8, Origin.CHECKPOINT, layers=4, attention_heads=8, kv_heads=8, head_dim=64
     )
+    obj = deployment(maxModelLen=1_048_576)
+    verdict = webhook_review(obj, shapes=lambda _model: ShapeLookup(small))
+    assert verdict.problems == []
+    estimated = review(obj).problems
+    assert estimated and estimated[0].startswith("figures estimated from the model's name")
+
+
+def test_an_unreadable_checkpoint_says_why_the_figures_are_estimates() -> None:
+    obj = deployment(maxModelLen=1_048_576)
+    why = "could not read the checkpoint: the hub at http://127.0.0.1:1 is unreachable"
+    verdict = webhook_review(obj, shapes=lambda model: ShapeLookup(offline(model).shape, why))
+    assert verdict.problems and why in verdict.problems[0]

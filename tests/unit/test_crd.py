@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from modelfleet_operator.api import v1alpha1
 from modelfleet_operator.api.crd import crd, crd_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,10 +60,10 @@ def test_every_spec_field_is_described() -> None:
 def test_crd_shape() -> None:
     doc = yaml.safe_load(COMMITTED.read_text())
     spec = doc["spec"]
-    assert spec["group"] == "modelfleet.io"
+    assert spec["group"] == v1alpha1.GROUP
     assert spec["names"]["shortNames"] == ["md"]
     (version,) = spec["versions"]
-    assert version["name"] == "v1alpha1"
+    assert version["name"] == v1alpha1.VERSION
     assert version["subresources"] == {"status": {}}
     columns = {c["name"] for c in version["additionalPrinterColumns"]}
     assert {"Engine", "Model", "Ready", "Replicas", "Endpoint", "Age"} <= columns

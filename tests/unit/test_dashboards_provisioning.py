@@ -16,6 +16,7 @@ from modelfleet_operator.monitoring import (
     monitoring_objects,
     service_monitor,
     service_monitor_name,
+    unwanted_monitoring_children,
 )
 from modelfleet_operator.names import ANNOTATION_SPEC_HASH
 
@@ -114,3 +115,34 @@ def test_names_match_the_rendered_objects() -> None:
     objects = monitoring_objects(md, namespace="llm", service_monitor_crd_exists=True)
     names = [o["metadata"]["name"] for o in objects]
     assert names == [service_monitor_name(md), dashboards_config_map_name(md)]
+
+
+@pytest.mark.parametrize(
+    ("monitoring", "crd_exists", "unwanted"),
+    [
+        (None, True, []),
+        ({"serviceMonitor": True, "dashboards": True}, False, []),
+        ({"serviceMonitor": False, "dashboards": True}, True, ["ServiceMonitor"]),
+        # Without the CRD there can be no ServiceMonitor to delete.
+        ({"serviceMonitor": False, "dashboards": True}, False, []),
+        ({"serviceMonitor": True, "dashboards": False}, True, ["ConfigMap"]),
+        ({"serviceMonitor": False, "dashboards": False}, True, ["ServiceMonitor", "ConfigMap"]),
+        ({"serviceMonitor": False, "dashboards": False}, False, ["ConfigMap"]),
+    ],
+)
+def test_unwanted_monitoring_children_are_those_the_spec_turns_off(
+    monitoring: dict[str, bool] | None, crd_exists: bool, unwanted: list[str]
+) -> None:
+    found = unwanted_monitoring_children(_md(monitoring), service_monitor_crd_exists=crd_exists)
+    assert [kind for _, kind, _ in found] == unwanted
+
+
+def test_unwanted_children_are_named_as_the_rendered_ones() -> None:
+    # What would be deleted is exactly what an earlier spec had applied.
+    md = _md()
+    rendered = {
+        (o["apiVersion"], o["kind"], o["metadata"]["name"])
+        for o in monitoring_objects(md, namespace="llm", service_monitor_crd_exists=True)
+    }
+    off = _md({"serviceMonitor": False, "dashboards": False})
+    assert set(unwanted_monitoring_children(off, service_monitor_crd_exists=True)) == rendered

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 from modelfleet_operator.api.v1alpha1 import EngineKind, ScalarArg
-from modelfleet_operator.engine_flags import VLLM_OWNED, lint_extra_args, vllm_flags
+from modelfleet_operator.engine_flags import (
+    TRITON_OWNED,
+    VLLM_OWNED,
+    Flag,
+    lint_extra_args,
+    parse_flag_file,
+    triton_flags,
+    vllm_flag_table,
+    vllm_flags,
+)
 
 VLLM = EngineKind.VLLM
 TRITON = EngineKind.TRITON
@@ -16,9 +25,44 @@ def test_the_committed_vllm_flags_are_loaded() -> None:
     assert not any(flag.startswith(("#", "_", "-")) for flag in flags)
 
 
-def test_every_owned_vllm_flag_is_a_real_flag() -> None:
-    # A flag vLLM renamed would leave an owned entry that protects nothing.
+def test_the_server_flags_are_there_not_only_the_engines() -> None:
+    # `vllm serve` takes the OpenAI frontend's flags as well as AsyncEngineArgs' fields.
+    assert {
+        "tool-call-parser",
+        "enable-auto-tool-choice",
+        "chat-template",
+        "lora-modules",
+        "response-role",
+    } <= vllm_flags()
+    # The --no- twins of boolean flags are not separate entries.
+    assert "no-enable-prefix-caching" not in vllm_flags()
+
+
+def test_every_owned_flag_is_a_real_flag() -> None:
+    # A flag an engine renamed would leave an owned entry that protects nothing.
     assert set(VLLM_OWNED) <= vllm_flags()
+    assert set(TRITON_OWNED) <= triton_flags()
+
+
+def test_the_committed_triton_flags_are_loaded() -> None:
+    assert {"log-verbose", "backend-config", "cache-config", "model-control-mode"} <= (
+        triton_flags()
+    )
+
+
+def test_flag_files_parse() -> None:
+    text = "# a comment\nswitchy switch\nboolish bool\nchoosy value a,b\nplain value\n"
+    assert parse_flag_file(text) == {
+        "switchy": Flag("switchy", "switch"),
+        "boolish": Flag("boolish", "bool"),
+        "choosy": Flag("choosy", "value", ("a", "b")),
+        "plain": Flag("plain", "value"),
+    }
+
+
+def test_choices_come_from_the_parser() -> None:
+    assert "fp8" in vllm_flag_table()["kv-cache-dtype"].choices
+    assert vllm_flag_table()["enforce-eager"].takes == "bool"
 
 
 @pytest.mark.parametrize(
@@ -29,7 +73,11 @@ def test_every_owned_vllm_flag_is_a_real_flag() -> None:
         (VLLM, {"enable_prefix_caching": False}),
         (VLLM, {"kv-cache-dtype": "fp8", "max-num-batched-tokens": 8192, "seed": 0}),
         (VLLM, {"enforce-eager": True}),
+        (VLLM, {"tool-call-parser": "hermes", "enable-auto-tool-choice": True}),
+        (VLLM, {"chat-template": "/t.jinja", "lora-modules": "sql=/adapters/sql"}),
+        (VLLM, {"aggregate-engine-logging": True}),
         (TRITON, {"log-verbose": 1, "strict-model-config": False}),
+        (TRITON, {"model-control-mode": "explicit", "disable-auto-complete-config": True}),
     ],
 )
 def test_known_flags_pass(kind: EngineKind, args: dict[str, ScalarArg]) -> None:
@@ -102,8 +150,53 @@ def test_known_flags_pass(kind: EngineKind, args: dict[str, ScalarArg]) -> None:
         ),
         (
             TRITON,
-            {"enable-prefix-caching": True},
-            "engine.extraArgs 'enable-prefix-caching' is not a known triton flag",
+            {"prefix-caching": True},
+            "engine.extraArgs 'prefix-caching' is not a known triton flag",
+        ),
+        (
+            VLLM,
+            {"host": "0.0.0.0"},
+            "engine.extraArgs 'host' is set by modelfleet; remove it (nothing: the endpoint "
+            "is Ray Serve's, behind the <name>-openai Service)",
+        ),
+        (
+            VLLM,
+            {"api-key": "secret"},
+            "engine.extraArgs 'api-key' is owned by the spec; set serving.apiKeySecretRef instead",
+        ),
+        (
+            VLLM,
+            {"kv-cache-dtype": "fp9"},
+            "engine.extraArgs 'kv-cache-dtype': 'fp9' is not one of "
+            + ", ".join(vllm_flag_table()["kv-cache-dtype"].choices)
+            + " (did you mean 'fp8'?)",
+        ),
+        (
+            VLLM,
+            {"enforce-eager": "yes"},
+            "engine.extraArgs 'enforce-eager' is on or off; write true or false, not 'yes'",
+        ),
+        (
+            VLLM,
+            {"max-num-batched-tokens": True},
+            "engine.extraArgs 'max-num-batched-tokens' needs a value, not true",
+        ),
+        (
+            VLLM,
+            {"aggregate-engine-logging": False},
+            "engine.extraArgs 'aggregate-engine-logging' is off unless given; remove it "
+            "instead of writing false",
+        ),
+        (
+            TRITON,
+            {"disable-auto-complete-config": 1},
+            "engine.extraArgs 'disable-auto-complete-config' takes no value; write true to give it",
+        ),
+        (
+            TRITON,
+            {"model-store": "/models"},
+            "engine.extraArgs 'model-store' is owned by the spec; set engine.triton.repository "
+            "instead",
         ),
     ],
 )

@@ -13,6 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography import x509
+from modelfleet_operator.api import v1alpha1
+from modelfleet_operator.hub import HUB_TIMEOUT_S
+from modelfleet_operator.names import (
+    RAY_GROUP,
+    RAY_SERVICE_KIND,
+    RAY_SERVICE_PLURAL,
+    SERVICE_MONITOR_GROUP,
+    SERVICE_MONITOR_KIND,
+    SERVICE_MONITOR_PLURAL,
+)
 
 from scripts.chart import CHART_DIR, REPO, drift, helm
 from tests.helm.render import Object, grants, helm_args, of_kind, only, render
@@ -24,12 +34,12 @@ GOLDEN_DIR = REPO / "tests" / "golden"
 # patch after, and get to read it back.
 APPLY_VERBS = {"get", "create", "patch"}
 PLURALS = {
-    ("ray.io", "RayService"): "rayservices",
+    (RAY_GROUP, RAY_SERVICE_KIND): RAY_SERVICE_PLURAL,
     ("", "Service"): "services",
     ("", "ConfigMap"): "configmaps",
     ("networking.k8s.io", "NetworkPolicy"): "networkpolicies",
-    ("monitoring.coreos.com", "ServiceMonitor"): "servicemonitors",
-    ("monitoring.coreos.com", "PodMonitor"): "podmonitors",
+    (SERVICE_MONITOR_GROUP, SERVICE_MONITOR_KIND): SERVICE_MONITOR_PLURAL,
+    (SERVICE_MONITOR_GROUP, "PodMonitor"): "podmonitors",
 }
 
 
@@ -65,6 +75,10 @@ def test_default_render_has_every_object(default: list[Object]) -> None:
             "Deployment",
             "Service",
             "ConfigMap",
+            # The admission webhook is on by default, with the chart's own certificate.
+            "Secret",
+            "Service",
+            "ValidatingWebhookConfiguration",
         ]
     )
     assert all(o["metadata"]["name"].startswith("mf-modelfleet") for o in default)
@@ -91,9 +105,11 @@ def test_operator_deployment_is_locked_down(default: list[Object]) -> None:
         "--health-port=8080",
         "--metrics-port=9090",
         "--image=modelfleet/modelfleet:0.1.0",
+        "--webhook-port=9443",
+        "--webhook-cert-dir=/etc/modelfleet/webhook",
     ]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"health": 8080, "metrics": 9090}
+    assert ports == {"health": 8080, "metrics": 9090, "webhook": 9443}
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
 
@@ -189,9 +205,61 @@ def test_rbac_is_exactly_the_operators_manifests(
     assert grants(chart["rules"]) == grants(_manifest(file, kind)["rules"])
 
 
-def test_webhook_wiring_when_enabled() -> None:
-    assert not of_kind(render(), "ValidatingWebhookConfiguration")
-    objects = render({"webhook.enabled": "true"})
+def test_webhook_is_on_by_default_and_fails_closed(default: list[Object]) -> None:
+    (hook,) = only(default, "ValidatingWebhookConfiguration")["webhooks"]
+    assert hook["failurePolicy"] == "Fail"
+    # Within the apiserver's limit, and above the time the operator gives hub lookups.
+    assert HUB_TIMEOUT_S < hook["timeoutSeconds"] <= 30
+    disabled = render({"webhook.enabled": "false"})
+    assert not of_kind(disabled, "ValidatingWebhookConfiguration")
+    assert not of_kind(disabled, "Secret")
+    args = only(disabled, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not [a for a in args if a.startswith("--webhook")]
+
+
+def test_webhook_cannot_lock_the_cluster(default: list[Object]) -> None:
+    """Only ModelDeployments are judged, never in system namespaces, never the operator's
+    own writes, and a labelled object is let through while the operator is down."""
+    (hook,) = only(default, "ValidatingWebhookConfiguration")["webhooks"]
+    assert hook["rules"] == [
+        {
+            "apiGroups": [v1alpha1.GROUP],
+            "apiVersions": [v1alpha1.VERSION],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": [v1alpha1.PLURAL],
+            "scope": "Namespaced",
+        }
+    ]
+    assert hook["namespaceSelector"] == {
+        "matchExpressions": [
+            {
+                "key": "kubernetes.io/metadata.name",
+                "operator": "NotIn",
+                "values": ["kube-system", "kube-public", "kube-node-lease"],
+            }
+        ]
+    }
+    assert hook["objectSelector"] == {
+        "matchExpressions": [
+            {"key": "modelfleet.io/admission", "operator": "NotIn", "values": ["skip"]}
+        ]
+    }
+    (condition,) = hook["matchConditions"]
+    account = only(default, "ServiceAccount")["metadata"]["name"]
+    assert f'"system:serviceaccount:modelfleet:{account}"' in condition["expression"]
+    scoped = render({"watch.scope": "namespaces", "watch.namespaces": "{team-a}"})
+    expressions = only(scoped, "ValidatingWebhookConfiguration")["webhooks"][0][
+        "namespaceSelector"
+    ]["matchExpressions"]
+    assert expressions[0] == {
+        "key": "kubernetes.io/metadata.name",
+        "operator": "In",
+        "values": ["team-a"],
+    }
+
+
+def test_webhook_wiring() -> None:
+    objects = render()
     config = only(objects, "ValidatingWebhookConfiguration")
     service = only(objects, "Service", "mf-modelfleet-webhook")
     secret = only(objects, "Secret")
@@ -202,7 +270,7 @@ def test_webhook_wiring_when_enabled() -> None:
         "path": "/validate-modelfleet-io-v1alpha1-modeldeployment",
         "port": 443,
     }
-    assert hook["rules"][0]["resources"] == ["modeldeployments"]
+    assert hook["rules"][0]["resources"] == [v1alpha1.PLURAL]
     assert hook["sideEffects"] == "None"
     assert service["spec"]["ports"][0]["targetPort"] == "webhook"
     # The apiserver trusts the certificate the operator serves: same CA, right name.
@@ -236,11 +304,11 @@ def test_webhook_with_own_certificate() -> None:
 
 
 def test_service_monitor_is_optional() -> None:
-    assert not of_kind(render(), "ServiceMonitor")
+    assert not of_kind(render(), SERVICE_MONITOR_KIND)
     objects = render(
         {"metrics.serviceMonitor.enabled": "true", "metrics.serviceMonitor.labels.release": "prom"}
     )
-    monitor = only(objects, "ServiceMonitor")
+    monitor = only(objects, SERVICE_MONITOR_KIND)
     service = only(objects, "Service", "mf-modelfleet-metrics")
     assert (
         monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
@@ -270,6 +338,7 @@ def test_notes_say_what_to_do_next() -> None:
         (["--set", "watch.scope=everywhere"], "value must be one of 'cluster', 'namespaces'"),
         (["--set", "operator.resources.limits.memory=lots"], "/operator/resources/limits/memory"),
         (["--set", "webhook.failurePolicy=Maybe"], "value must be one of 'Fail', 'Ignore'"),
+        (["--set", "webhook.excludedNamespaces={Kube_System}"], "/webhook/excludedNamespaces/0"),
         (["--set", "watch.namespaces={Bad_Name}"], "/watch/namespaces/0"),
     ],
 )
@@ -332,3 +401,13 @@ def test_kuberay_dependency_renders_once_fetched(tmp_path: Path) -> None:
     assert only(enabled, "ConfigMap", "kuberay-operator-stand-in")
     disabled = render(chart=chart)
     assert not [o for o in disabled if o["metadata"]["name"] == "kuberay-operator-stand-in"]
+
+
+def test_the_plain_yaml_install_has_no_webhook() -> None:
+    # Its certificate would be one committed key pair shared by every cluster.
+    from scripts.chart import INSTALL_FILE
+    from tests.helm.render import parse
+
+    installed = parse(INSTALL_FILE.read_text())
+    assert not of_kind(installed, "ValidatingWebhookConfiguration")
+    assert not of_kind(installed, "Secret")

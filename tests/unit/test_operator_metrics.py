@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from modelfleet_operator.metrics import ConditionCounts
+from modelfleet_operator.metrics import DEPLOYMENTS_METRIC, ConditionCounts
 from prometheus_client import REGISTRY
 
 
 def value(condition: str, status: str) -> float | None:
-    return REGISTRY.get_sample_value(
-        "modelfleet_operator_deployments", {"condition": condition, "status": status}
-    )
+    return REGISTRY.get_sample_value(DEPLOYMENTS_METRIC, {"condition": condition, "status": status})
 
 
 def test_counts_follow_the_latest_conditions_and_deletions() -> None:

@@ -15,19 +15,25 @@ from typing import Any
 import pytest
 import yaml
 from modelfleet_cli.render import dump, render, render_documents
+from modelfleet_operator.api import v1alpha1
 from modelfleet_operator.api.v1alpha1 import ModelDeployment
 from modelfleet_operator.monitoring import DASHBOARD_LABEL
-from modelfleet_operator.names import ANNOTATION_SPEC_HASH
+from modelfleet_operator.names import (
+    ANNOTATION_SPEC_HASH,
+    LABEL_DEPLOYMENT,
+    RAY_SERVE_LABEL,
+    RAY_SERVICE_KIND,
+    SERVICE_MONITOR_KIND,
+)
 from modelfleet_operator.render import (
     DEFAULT_IMAGE,
-    cluster_serving_config,
     endpoint,
     openai_service,
     ray_service,
 )
 from modelfleet_operator.render import render as render_objects
-from modelfleet_operator.translate import pool_resource_name
-from modelfleet_serving.config import ServingConfig
+from modelfleet_operator.translate import pool_resource_name, serving_config
+from modelfleet_serving.config import PVC_MOUNT_ROOT, ServingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
@@ -77,8 +83,8 @@ def test_every_golden_has_an_example() -> None:
 
 
 BASE: dict[str, Any] = {
-    "apiVersion": "modelfleet.io/v1alpha1",
-    "kind": "ModelDeployment",
+    "apiVersion": v1alpha1.API_VERSION,
+    "kind": v1alpha1.KIND,
     "metadata": {"name": "m", "namespace": "team"},
     "spec": {
         "model": {"source": "hf://org/model", "servedName": "model"},
@@ -94,8 +100,17 @@ def md(**spec: Any) -> ModelDeployment:
     return ModelDeployment.from_object(obj)
 
 
+def rayservice(
+    model: ModelDeployment, image: str = "img", namespace: str = "team"
+) -> dict[str, Any]:
+    """The RayService of `model`, built from its in-cluster ServingConfig as `render` does."""
+    return ray_service(
+        model, serving_config(model, in_cluster=True), image=image, namespace=namespace
+    )
+
+
 def workers(model: ModelDeployment, image: str = "img") -> list[dict[str, Any]]:
-    cluster = ray_service(model, image=image, namespace="team")["spec"]["rayClusterConfig"]
+    cluster = rayservice(model, image=image)["spec"]["rayClusterConfig"]
     groups: list[dict[str, Any]] = cluster["workerGroupSpecs"]
     return groups
 
@@ -158,14 +173,14 @@ def test_one_worker_group_per_pool_with_its_placement_and_bounds() -> None:
 
 def test_replicas_request_what_their_worker_group_advertises() -> None:
     model = md(nodePools=[{"name": "x-y"}, {"name": "z", "gpu": {"type": "L4", "memoryGiB": 24}}])
-    config = cluster_serving_config(model)
+    config = serving_config(model, in_cluster=True)
     for pool, group in zip(config.pools, workers(model), strict=True):
         advertised = json.loads(group["rayStartParams"]["resources"].strip("'"))
         assert set(pool.resources) == set(advertised)
 
 
 def test_head_is_cpu_only_and_autoscaling_is_in_tree() -> None:
-    spec = ray_service(md(), image="img", namespace="team")["spec"]
+    spec = rayservice(md())["spec"]
     cluster = spec["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is True
     head = cluster["headGroupSpec"]
@@ -175,12 +190,12 @@ def test_head_is_cpu_only_and_autoscaling_is_in_tree() -> None:
 
 def test_serve_config_carries_the_serving_config() -> None:
     model = md()
-    serve = yaml.safe_load(
-        ray_service(model, image="img", namespace="team")["spec"]["serveConfigV2"]
-    )
+    serve = yaml.safe_load(rayservice(model)["spec"]["serveConfigV2"])
     (app,) = serve["applications"]
     assert app["import_path"] == "modelfleet_serving.app:app_builder"
-    assert ServingConfig.model_validate(app["args"]["config"]) == cluster_serving_config(model)
+    assert ServingConfig.model_validate(app["args"]["config"]) == serving_config(
+        model, in_cluster=True
+    )
 
 
 def test_secrets_reach_pods_as_references_only() -> None:
@@ -192,7 +207,7 @@ def test_secrets_reach_pods_as_references_only() -> None:
         },
         serving={"apiKeySecretRef": {"name": "keys", "key": "api-keys"}},
     )
-    obj = ray_service(model, image="img", namespace="team")
+    obj = rayservice(model)
     cluster = obj["spec"]["rayClusterConfig"]
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
         c = container(group)
@@ -228,13 +243,33 @@ def test_pvc_sources_are_mounted_read_only_and_rewritten() -> None:
         {"name": "pvc-1", "persistentVolumeClaim": {"claimName": "weights", "readOnly": True}},
     ]
     assert container(group)["volumeMounts"] == [
-        {"name": "pvc-0", "mountPath": "/mnt/modelfleet/repo", "readOnly": True},
-        {"name": "pvc-1", "mountPath": "/mnt/modelfleet/weights", "readOnly": True},
+        {"name": "pvc-0", "mountPath": f"{PVC_MOUNT_ROOT}/repo", "readOnly": True},
+        {"name": "pvc-1", "mountPath": f"{PVC_MOUNT_ROOT}/weights", "readOnly": True},
     ]
-    config = cluster_serving_config(model)
-    assert config.model.source == "file:///mnt/modelfleet/weights/org/model"
+    config = serving_config(model, in_cluster=True)
+    assert config.model.source == f"file://{PVC_MOUNT_ROOT}/weights/org/model"
     assert config.engine.triton is not None
-    assert config.engine.triton.repository == "file:///mnt/modelfleet/repo/triton"
+    assert config.engine.triton.repository == f"file://{PVC_MOUNT_ROOT}/repo/triton"
+
+
+def test_a_local_config_keeps_pvc_sources() -> None:
+    # Only the cluster mounts the claims; `modelfleet serve` gets the sources as written.
+    model = md(model={"source": "pvc://weights/org/model", "servedName": "model"})
+    assert serving_config(model, in_cluster=False).model.source == "pvc://weights/org/model"
+
+
+def test_worker_pods_get_the_gpus_one_replica_asks_for() -> None:
+    model = md(
+        engine={"tensorParallelSize": 2},
+        nodePools=[
+            {"name": "g", "gpu": {"type": "L4", "memoryGiB": 24}},
+            {"name": "c", "cpu": 2, "memoryGiB": 8},
+        ],
+    )
+    config = serving_config(model, in_cluster=True)
+    for pool, group in zip(config.pools, workers(model), strict=True):
+        limits = container(group)["resources"]["limits"]
+        assert limits.get("nvidia.com/gpu", "0") == str(pool.num_gpus), pool.name
 
 
 @pytest.mark.parametrize(
@@ -261,8 +296,8 @@ def test_owner_references_only_with_a_uid_and_hash_ignores_them() -> None:
         assert "ownerReferences" not in plain["metadata"]
         (ref,) = owned["metadata"]["ownerReferences"]
         assert ref == {
-            "apiVersion": "modelfleet.io/v1alpha1",
-            "kind": "ModelDeployment",
+            "apiVersion": v1alpha1.API_VERSION,
+            "kind": v1alpha1.KIND,
             "name": "m",
             "uid": "u-1",
             "controller": True,
@@ -272,8 +307,8 @@ def test_owner_references_only_with_a_uid_and_hash_ignores_them() -> None:
 
 
 def test_spec_hash_follows_the_spec() -> None:
-    a = ray_service(md(), image="i", namespace="x")["metadata"]["annotations"]
-    b = ray_service(md(engine={"maxNumSeqs": 7}), image="i", namespace="x")["metadata"][
+    a = rayservice(md(), image="i", namespace="x")["metadata"]["annotations"]
+    b = rayservice(md(engine={"maxNumSeqs": 7}), image="i", namespace="x")["metadata"][
         "annotations"
     ]
     assert a[ANNOTATION_SPEC_HASH] != b[ANNOTATION_SPEC_HASH]
@@ -282,7 +317,7 @@ def test_spec_hash_follows_the_spec() -> None:
 def test_openai_service_selects_serving_ray_pods() -> None:
     svc = openai_service(md(), namespace="team")
     assert svc["metadata"]["name"] == "m-openai"
-    assert svc["spec"]["selector"] == {"modelfleet.io/deployment": "m", "ray.io/serve": "true"}
+    assert svc["spec"]["selector"] == {LABEL_DEPLOYMENT: "m", RAY_SERVE_LABEL: "true"}
     assert svc["spec"]["ports"][0]["port"] == 8000
     assert endpoint("m", "team") == "http://m-openai.team.svc:8000/v1"
 
@@ -299,7 +334,12 @@ def test_render_command_prints_and_refuses(
     good.write_text(yaml.safe_dump(BASE))
     assert render(good, image=None, namespace="default") == 0
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
-    assert [d["kind"] for d in docs] == ["RayService", "Service", "ServiceMonitor", "ConfigMap"]
+    assert [d["kind"] for d in docs] == [
+        RAY_SERVICE_KIND,
+        "Service",
+        SERVICE_MONITOR_KIND,
+        "ConfigMap",
+    ]
     assert container(docs[0]["spec"]["rayClusterConfig"]["headGroupSpec"])["image"] == (
         DEFAULT_IMAGE
     )

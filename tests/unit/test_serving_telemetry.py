@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from modelfleet_serving.metrics import METRIC_NAMES, PREFIX, IngressMetrics
+from modelfleet_serving.metrics import (
+    AUTOSCALING_TARGET_QUEUE_DEPTH,
+    GENERATION_TOKENS_TOTAL,
+    METRIC_NAMES,
+    REPLICAS,
+    REQUESTS_RUNNING,
+    REQUESTS_TOTAL,
+    TIME_TO_FIRST_TOKEN,
+    IngressMetrics,
+)
 from modelfleet_serving.telemetry import (
     E2E,
     ITL,
@@ -74,11 +83,11 @@ def test_metrics_expose_every_design_name_with_labels() -> None:
     metrics.count("cpu", 200)
     text = metrics.render().decode()
     for name in METRIC_NAMES:
-        types = {f"# TYPE {PREFIX}{name} ", f"# TYPE {PREFIX}{name.removesuffix('_total')} "}
+        types = {f"# TYPE {name} ", f"# TYPE {name.removesuffix('_total')} "}
         assert any(t in text for t in types), name
-    assert 'modelfleet_requests_total{code="200",model="tiny",pool="cpu"} 1.0' in text
-    assert 'modelfleet_requests_running{model="tiny",pool="cpu"} 2.0' in text
-    assert 'modelfleet_generation_tokens_total{model="tiny",pool="cpu"} 4.0' in text
-    assert 'modelfleet_replicas{model="tiny",pool="cpu",state="running"} 1.0' in text
-    assert 'modelfleet_autoscaling_target_queue_depth{model="tiny",pool="cpu"} 8.0' in text
-    assert 'modelfleet_time_to_first_token_seconds_count{model="tiny",pool="cpu"} 1.0' in text
+    assert f'{REQUESTS_TOTAL}{{code="200",model="tiny",pool="cpu"}} 1.0' in text
+    assert f'{REQUESTS_RUNNING}{{model="tiny",pool="cpu"}} 2.0' in text
+    assert f'{GENERATION_TOKENS_TOTAL}{{model="tiny",pool="cpu"}} 4.0' in text
+    assert f'{REPLICAS}{{model="tiny",pool="cpu",state="running"}} 1.0' in text
+    assert f'{AUTOSCALING_TARGET_QUEUE_DEPTH}{{model="tiny",pool="cpu"}} 8.0' in text
+    assert f'{TIME_TO_FIRST_TOKEN}_count{{model="tiny",pool="cpu"}} 1.0' in text

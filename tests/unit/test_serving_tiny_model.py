@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from modelfleet_serving.config import PVC_MOUNT_ROOT
 from modelfleet_serving.models import resolve_model_source
 from modelfleet_serving.models.tiny_llama import VERSION, ensure_tiny_llama
 from tokenizers import Tokenizer
@@ -50,7 +51,7 @@ def test_builtin_source_uses_the_cache_variable(
     [
         ("hf://Qwen/Qwen2-7B-Instruct-AWQ", "Qwen/Qwen2-7B-Instruct-AWQ"),
         ("file:///models/qwen", "/models/qwen"),
-        ("pvc://weights/qwen/7b", "/mnt/models/weights/qwen/7b"),
+        ("pvc://weights/qwen/7b", f"{PVC_MOUNT_ROOT}/weights/qwen/7b"),
         ("s3://bucket/prefix", "s3://bucket/prefix"),
     ],
 )

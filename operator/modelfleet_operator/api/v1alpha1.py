@@ -11,8 +11,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+# Generated from vLLM's list of methods (`make generate`); re-exported as part of the API.
+from modelfleet_operator.api.quantization import Quantization as Quantization
 
 GROUP = "modelfleet.io"
 VERSION = "v1alpha1"
@@ -56,17 +59,6 @@ class _Spec(BaseModel):
     )
 
 
-class Quantization(StrEnum):
-    """Weight quantization of the checkpoint."""
-
-    NONE = "none"
-    AWQ = "awq"
-    GPTQ = "gptq"
-    FP8 = "fp8"
-    INT8 = "int8"
-    INT4 = "int4"
-
-
 class EngineKind(StrEnum):
     """Inference engine a replica runs."""
 
@@ -79,6 +71,82 @@ class SecretKeyRef(_Spec):
 
     name: Annotated[str, Field(min_length=1, description="Name of the Secret.")]
     key: Annotated[str, Field(min_length=1, description="Key inside the Secret.")]
+
+
+class ModelShapeSpec(_Spec):
+    """The model's shape, stated by the user where the operator cannot read the checkpoint.
+
+    The capacity check reads `config.json` and the weights' size itself for hf://,
+    file:// and builtin:// sources; for pvc:// and s3:// (or a hub it cannot reach)
+    it uses these figures, and only without them falls back to guessing from the name.
+    Give the size (parameters or weightBytes, or the architecture to sum it from) and,
+    for the KV cache, layers, kvHeads and headDim (or hiddenSize and attentionHeads).
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.parameters) || has(self.weightBytes) || (has(self.hiddenSize) && "
+                "has(self.layers) && has(self.attentionHeads) && has(self.intermediateSize) "
+                "&& has(self.vocabSize))",
+                "model.shape needs the model's size: set parameters or weightBytes (or "
+                "hiddenSize, layers, attentionHeads, intermediateSize and vocabSize)",
+            ),
+        )
+    )
+
+    hidden_size: Annotated[int | None, Field(ge=1, description="hidden_size of config.json.")] = (
+        None
+    )
+    layers: Annotated[
+        int | None, Field(ge=1, description="Decoder layers (num_hidden_layers).")
+    ] = None
+    attention_heads: Annotated[
+        int | None, Field(ge=1, description="Attention heads (num_attention_heads).")
+    ] = None
+    kv_heads: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="Key/value heads (num_key_value_heads; fewer than the attention "
+            "heads with grouped-query attention). Defaults to attentionHeads.",
+        ),
+    ] = None
+    head_dim: Annotated[
+        int | None,
+        Field(ge=1, description="Size of one head; defaults to hiddenSize / attentionHeads."),
+    ] = None
+    intermediate_size: Annotated[
+        int | None, Field(ge=1, description="MLP intermediate_size (per expert for MoE).")
+    ] = None
+    vocab_size: Annotated[int | None, Field(ge=1, description="Vocabulary size.")] = None
+    parameters: Annotated[
+        int | None, Field(ge=1, description="Parameter count, e.g. 8030261248.")
+    ] = None
+    weight_bytes: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="Bytes of the weights as the GPUs hold them (the checkpoint's "
+            "size for a quantized checkpoint); wins over parameters for the weights.",
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _has_a_size(self) -> ModelShapeSpec:
+        architecture = (
+            self.hidden_size,
+            self.layers,
+            self.attention_heads,
+            self.intermediate_size,
+            self.vocab_size,
+        )
+        if self.parameters is None and self.weight_bytes is None and None in architecture:
+            raise ValueError(
+                "model.shape needs the model's size: set parameters or weightBytes (or "
+                "hiddenSize, layers, attentionHeads, intermediateSize and vocabSize)"
+            )
+        return self
 
 
 class ModelSpec(_Spec):
@@ -103,7 +171,9 @@ class ModelSpec(_Spec):
         ),
     ]
     quantization: Quantization = Field(
-        default=Quantization.NONE, description="Weight quantization of the checkpoint."
+        default=Quantization.NONE,
+        description="Weight quantization: none (vLLM reads a quantized checkpoint's own "
+        "method from its config.json) or one of vLLM's methods, e.g. awq, gptq, fp8.",
     )
     dtype: Annotated[
         str,
@@ -121,10 +191,30 @@ class ModelSpec(_Spec):
             max_length=253,
         ),
     ] = None
+    shape: ModelShapeSpec | None = Field(
+        default=None,
+        description="The model's shape for the capacity check, where the operator cannot "
+        "read the checkpoint (pvc://, s3://) or to override what it reads.",
+    )
 
 
 class TritonSpec(_Spec):
     """Triton server with a TensorRT-LLM model repository (engine.kind: triton)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.serverCommand) || !has(self.url)",
+                "engine.triton.serverCommand starts the replica's own server, and url "
+                "names a server it does not start; remove one of them",
+            ),
+            cel(
+                "!has(self.metricsUrl) || has(self.url)",
+                "engine.triton.metricsUrl is read only for the server at engine.triton.url "
+                "(a replica's own server reports on its own port); set url or remove metricsUrl",
+            ),
+        )
+    )
 
     model_name: Annotated[
         str, Field(description="Model in the repository: ensemble or tensorrt_llm_bls.")
@@ -132,13 +222,37 @@ class TritonSpec(_Spec):
     repository: Annotated[
         str,
         Field(
-            description="TensorRT-LLM model repository: pvc://claim/path or file:///abs/path.",
-            pattern=r"^(pvc|file|s3)://.+",
+            description="TensorRT-LLM model repository: pvc://claim/path, file:///abs/path, "
+            "s3://bucket/prefix, or builtin://tiny-triton-standin (a python-backend stand-in "
+            "with TensorRT-LLM's tensor names, for trying the Triton path on CPU).",
+            pattern=r"^((pvc|file|s3)://.+|builtin://tiny-triton-standin)$",
         ),
     ]
     url: Annotated[
         str | None,
         Field(description="host:port of a running Triton gRPC endpoint to use instead."),
+    ] = None
+    server_command: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=4096)]] | None,
+        Field(
+            description="The command that starts Triton in the image, when it is not plain "
+            "tritonserver (default: tritonserver on PATH, else the CPU build from PyPI "
+            "nvidia-pytriton). modelfleet appends --model-repository and loopback "
+            "--http/--grpc/--metrics address and port flags; if any argument holds "
+            "{repository}, {http_port}, {grpc_port} or {metrics_port}, it substitutes those "
+            "instead and appends nothing ({http_port} and {grpc_port} are then required). "
+            "The command must stay in the foreground while the server runs.",
+            min_length=1,
+            max_length=256,
+        ),
+    ] = None
+    metrics_url: Annotated[
+        str | None,
+        Field(
+            description="Prometheus endpoint of the server at url, for queue depth and "
+            "KV-cache usage (default: http://<url host>:8002/metrics).",
+            pattern=r"^https?://.+",
+        ),
     ] = None
     tokenizer: Annotated[
         str | None,
@@ -381,6 +495,11 @@ class CapacityStatus(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
 
     pool: str = Field(description="The GPU pool with the fewest KV-cache tokens.")
+    shape_from: str | None = Field(
+        default=None,
+        description="Where the model's shape came from: spec.model.shape, the checkpoint, "
+        "or the model's name (then every figure is an estimate from the name).",
+    )
     weights_gib_per_gpu: float = Field(
         alias="weightsGiBPerGpu", description="Model weights per GPU, GiB."
     )

@@ -12,12 +12,13 @@ from modelfleet_operator.dashboards._panels import (
     quantile_queries,
     query,
 )
+from modelfleet_operator.metrics import (
+    DEPLOYMENTS_METRIC,
+    RECONCILE_SECONDS_METRIC,
+    RECONCILES_METRIC,
+)
 
 UID = "modelfleet-operator"
-
-RECONCILES = "modelfleet_operator_reconcile_total"
-RECONCILE_SECONDS = "modelfleet_operator_reconcile_seconds"
-DEPLOYMENTS = "modelfleet_operator_deployments"
 
 # The `result` of a reconcile that went through; every other result (invalid,
 # dependency_missing, conflict, error) left the object short of what its spec asks.
@@ -47,7 +48,7 @@ def operator_dashboard() -> dashboard_models.Dashboard:
                 "Reconciles per second by their result.",
                 [
                     query(
-                        f"sum by (result) (rate({RECONCILES}[{RATE_INTERVAL}]))",
+                        f"sum by (result) (rate({RECONCILES_METRIC}[{RATE_INTERVAL}]))",
                         legend="{{result}}",
                         ref_id="A",
                     )
@@ -65,9 +66,9 @@ def operator_dashboard() -> dashboard_models.Dashboard:
                     # `or vector(0)` keeps the line at zero, instead of "No data", while
                     # nothing has failed yet.
                     query(
-                        f'(sum(rate({RECONCILES}{{result!="{_SUCCESS}"}}'
+                        f'(sum(rate({RECONCILES_METRIC}{{result!="{_SUCCESS}"}}'
                         f"[{RATE_INTERVAL}])) or vector(0)) / "
-                        f"sum(rate({RECONCILES}[{RATE_INTERVAL}]))",
+                        f"sum(rate({RECONCILES_METRIC}[{RATE_INTERVAL}]))",
                         legend="errors",
                         ref_id="A",
                     )
@@ -79,7 +80,7 @@ def operator_dashboard() -> dashboard_models.Dashboard:
             ids.timeseries(
                 "Reconcile duration",
                 "Time one reconcile takes, from the event to the status patch.",
-                quantile_queries(RECONCILE_SECONDS, "", ()),
+                quantile_queries(RECONCILE_SECONDS_METRIC, "", ()),
                 unit="s",
             )
         )
@@ -91,7 +92,7 @@ def operator_dashboard() -> dashboard_models.Dashboard:
                 "RayServiceReady, Ready) in each status (True, False, Unknown).",
                 [
                     query(
-                        f"sum by (condition, status) ({DEPLOYMENTS})",
+                        f"sum by (condition, status) ({DEPLOYMENTS_METRIC})",
                         legend="{{condition}}={{status}}",
                         ref_id="A",
                     )

@@ -1,7 +1,8 @@
 """The serving dashboard: latency, traffic, load and capacity of each model and pool.
 
-Metric names are the contract written in DESIGN.md ("Metrics"); a unit test checks
-that every name used here is defined in the serving or operator code.
+Metric names are the contract written in DESIGN.md ("Metrics"); they come from
+`modelfleet_serving.metrics`, where the ingress defines them, and a unit test checks
+that every name the dashboards use is defined in the serving or operator code.
 
 How the series add up. The ingress exports the engines' numbers already summed over
 all LLM replicas (see modelfleet_serving.telemetry), so every Serve proxy Prometheus
@@ -15,6 +16,20 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard, timeseries
 from grafana_foundation_sdk.models import dashboard as dashboard_models
+from modelfleet_serving.metrics import (
+    AUTOSCALING_TARGET_QUEUE_DEPTH,
+    E2E_REQUEST_LATENCY,
+    GENERATION_TOKENS_TOTAL,
+    INTER_TOKEN_LATENCY,
+    KV_CACHE_USAGE_RATIO,
+    PROMPT_TOKENS_TOTAL,
+    REPLICAS,
+    REQUESTS_RUNNING,
+    REQUESTS_TOTAL,
+    REQUESTS_WAITING,
+    TIME_PER_OUTPUT_TOKEN,
+    TIME_TO_FIRST_TOKEN,
+)
 
 from modelfleet_operator.dashboards._panels import (
     RATE_INTERVAL,
@@ -27,19 +42,6 @@ from modelfleet_operator.dashboards._panels import (
 
 UID = "modelfleet-serving"
 
-TTFT = "modelfleet_time_to_first_token_seconds"
-TPOT = "modelfleet_time_per_output_token_seconds"
-ITL = "modelfleet_inter_token_latency_seconds"
-E2E = "modelfleet_e2e_request_latency_seconds"
-REQUESTS = "modelfleet_requests_total"
-PROMPT_TOKENS = "modelfleet_prompt_tokens_total"
-GENERATION_TOKENS = "modelfleet_generation_tokens_total"
-WAITING = "modelfleet_requests_waiting"
-RUNNING = "modelfleet_requests_running"
-KV_CACHE = "modelfleet_kv_cache_usage_ratio"
-REPLICAS = "modelfleet_replicas"
-TARGET_QUEUE_DEPTH = "modelfleet_autoscaling_target_queue_depth"
-
 # Every query narrows to the models and pools picked in the variables.
 SELECTOR = '{model=~"$model", pool=~"$pool"}'
 BY = ("model", "pool")
@@ -51,16 +53,36 @@ def _totals(series: str, *, by: str = "model, pool") -> str:
     return f"max by ({by}) ({series})"
 
 
+def _gauge_panel(
+    ids: PanelIds, title: str, description: str, metric: str, *, unit: str
+) -> timeseries.Panel:
+    """One line per model and pool of a gauge the ingress reports deployment-wide."""
+    return ids.timeseries(
+        title,
+        description,
+        [query(_totals(f"{metric}{SELECTOR}"), legend=LEGEND, ref_id="A")],
+        unit=unit,
+    )
+
+
 def _latency_panels(ids: PanelIds) -> list[timeseries.Panel]:
     panels = [
-        ("Time to first token", "Time from arrival to the first streamed token.", TTFT),
+        (
+            "Time to first token",
+            "Time from arrival to the first streamed token.",
+            TIME_TO_FIRST_TOKEN,
+        ),
         (
             "Time per output token",
             "Mean time between the output tokens of one request, after the first.",
-            TPOT,
+            TIME_PER_OUTPUT_TOKEN,
         ),
-        ("Inter-token latency", "Time between two consecutive streamed tokens.", ITL),
-        ("End-to-end latency", "Time from arrival to the last token.", E2E),
+        (
+            "Inter-token latency",
+            "Time between two consecutive streamed tokens.",
+            INTER_TOKEN_LATENCY,
+        ),
+        ("End-to-end latency", "Time from arrival to the last token.", E2E_REQUEST_LATENCY),
     ]
     return [
         ids.timeseries(
@@ -83,9 +105,11 @@ def serving_dashboard() -> dashboard_models.Dashboard:
         .time("now-1h", "now")
         .tooltip(dashboard_models.DashboardCursorSync.CROSSHAIR)
         .with_variable(datasource_variable())
-        .with_variable(label_variable("model", "Model", f"label_values({RUNNING}, model)"))
+        .with_variable(label_variable("model", "Model", f"label_values({REQUESTS_RUNNING}, model)"))
         .with_variable(
-            label_variable("pool", "Pool", f'label_values({RUNNING}{{model=~"$model"}}, pool)')
+            label_variable(
+                "pool", "Pool", f'label_values({REQUESTS_RUNNING}{{model=~"$model"}}, pool)'
+            )
         )
         .with_row(ids.row("Latency"))
     )
@@ -101,7 +125,8 @@ def serving_dashboard() -> dashboard_models.Dashboard:
                 'error. Requests refused before a pool was chosen have pool="none".',
                 [
                     query(
-                        f"sum by (model, pool, code) (rate({REQUESTS}{SELECTOR}[{RATE_INTERVAL}]))",
+                        "sum by (model, pool, code) "
+                        f"(rate({REQUESTS_TOTAL}{SELECTOR}[{RATE_INTERVAL}]))",
                         legend=f"{{{{code}}}} {LEGEND}",
                         ref_id="A",
                     )
@@ -117,12 +142,12 @@ def serving_dashboard() -> dashboard_models.Dashboard:
                 "Prompt tokens read and output tokens generated per second.",
                 [
                     query(
-                        _totals(f"rate({PROMPT_TOKENS}{SELECTOR}[{RATE_INTERVAL}])"),
+                        _totals(f"rate({PROMPT_TOKENS_TOTAL}{SELECTOR}[{RATE_INTERVAL}])"),
                         legend=f"prompt {LEGEND}",
                         ref_id="prompt",
                     ),
                     query(
-                        _totals(f"rate({GENERATION_TOKENS}{SELECTOR}[{RATE_INTERVAL}])"),
+                        _totals(f"rate({GENERATION_TOKENS_TOTAL}{SELECTOR}[{RATE_INTERVAL}])"),
                         legend=f"generation {LEGEND}",
                         ref_id="generation",
                     ),
@@ -133,27 +158,30 @@ def serving_dashboard() -> dashboard_models.Dashboard:
         )
         .with_row(ids.row("Load"))
         .with_panel(
-            ids.timeseries(
+            _gauge_panel(
+                ids,
                 "Queue depth",
                 "Requests waiting for a slot in the engines: the autoscaling signal.",
-                [query(_totals(f"{WAITING}{SELECTOR}"), legend=LEGEND, ref_id="A")],
+                REQUESTS_WAITING,
                 unit="short",
             )
         )
         .with_panel(
-            ids.timeseries(
+            _gauge_panel(
+                ids,
                 "Running requests",
                 "Requests the engines are generating for (the continuous batches).",
-                [query(_totals(f"{RUNNING}{SELECTOR}"), legend=LEGEND, ref_id="A")],
+                REQUESTS_RUNNING,
                 unit="short",
             )
         )
         .with_panel(
-            ids.timeseries(
+            _gauge_panel(
+                ids,
                 "KV-cache usage",
                 "Share of KV-cache blocks in use, averaged over a pool's running replicas. "
                 "Near 100% the engines preempt requests.",
-                [query(_totals(f"{KV_CACHE}{SELECTOR}"), legend=LEGEND, ref_id="A")],
+                KV_CACHE_USAGE_RATIO,
                 unit="percentunit",
             ).max(1)
         )
@@ -183,14 +211,15 @@ def serving_dashboard() -> dashboard_models.Dashboard:
                 "well below it.",
                 [
                     query(
-                        _totals(f"{TARGET_QUEUE_DEPTH}{SELECTOR}"),
+                        _totals(f"{AUTOSCALING_TARGET_QUEUE_DEPTH}{SELECTOR}"),
                         legend=f"target {LEGEND}",
                         ref_id="target",
                     ),
                     # With no replica yet the divisor is clamped to one, so the panel
                     # shows the waiting requests rather than +Inf.
                     query(
-                        f"{_totals(f'{WAITING}{SELECTOR}')} / clamp_min(sum by (model, pool) "
+                        f"{_totals(f'{REQUESTS_WAITING}{SELECTOR}')} / "
+                        "clamp_min(sum by (model, pool) "
                         f"({_totals(f'{REPLICAS}{SELECTOR}', by='model, pool, state')}), 1)",
                         legend=f"actual {LEGEND}",
                         ref_id="actual",

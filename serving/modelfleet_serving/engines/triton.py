@@ -1,8 +1,10 @@
 """The Triton engine: a Triton server holding a TensorRT-LLM repository, over gRPC streaming.
 
 Each replica either starts its own ``tritonserver`` on loopback ports (the TensorRT-LLM
-image's command from ``engine.triton.serverCommand``, else the CPU build from
-``nvidia-pytriton``) or uses the one at ``engine.triton.url``. Every request is one
+image's command from ``engine.triton.serverCommand``, else the ``tritonserver`` on PATH,
+else the CPU build from ``nvidia-pytriton``; see `triton_server`) or uses the one at
+``engine.triton.url``, whose Prometheus metrics it reads from
+``engine.triton.metricsUrl`` (default: the same host, port 8002). Every request is one
 bidirectional ``ModelStreamInfer`` call of ``tritonclient.grpc.aio`` against a decoupled
 model (``ensemble`` or ``tensorrt_llm_bls``) with ``stream=true``: Triton answers with
 one response per generated token and ends the call after the final one.
@@ -80,6 +82,10 @@ if TYPE_CHECKING:
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
 logger = logging.getLogger(__name__)
+# Serve's own logger reaches the replica's log (and through Ray, `modelfleet serve`'s log
+# file), where this module's INFO lines do not: for what a person looking for the
+# server's own log needs to find.
+_replica_log = logging.getLogger("ray.serve")
 
 # How long start() waits for the model on a server at `url` (a server the replica
 # starts itself has loaded its models before start() asks).
@@ -94,6 +100,23 @@ METRICS_TIMEOUT_S = 2.0
 # A server killed mid-stream resets the call, which gRPC reports as CANCELLED; our own
 # cancellations never reach this check, since a cancelled call is not read again.
 _UNAVAILABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+
+
+def metrics_url(triton: TritonConfig, server: TritonServer | None) -> str:
+    """Where a replica reads Triton's Prometheus metrics (queue depth, KV-cache usage).
+
+    A server the replica started serves them on the loopback metrics port chosen for
+    it. A server at ``url`` serves them where ``metricsUrl`` says, else on Triton's
+    default metrics port of the same host.
+    """
+    if server is not None:
+        return server.metrics_url
+    if triton.metrics_url:
+        return triton.metrics_url
+    host = urlsplit(f"//{triton.url}").hostname or "127.0.0.1"
+    if ":" in host:  # an IPv6 address goes back into brackets in a URL
+        host = f"[{host}]"
+    return f"http://{host}:{DEFAULT_METRICS_PORT}/metrics"
 
 
 class TritonEngine(Engine):
@@ -135,10 +158,7 @@ class TritonEngine(Engine):
         self._tokenizer = await asyncio.to_thread(_load_tokenizer, tokenizer_source)
         if self._triton.url:
             self._grpc_url = self._triton.url
-            host = urlsplit(f"//{self._triton.url}").hostname or "127.0.0.1"
-            self._metrics_url = (
-                self._triton.metrics_url or f"http://{host}:{DEFAULT_METRICS_PORT}/metrics"
-            )
+            self._metrics_url = metrics_url(self._triton, None)
         else:
             if not self._triton.repository:
                 raise ValueError("engine.triton needs a repository or a url")
@@ -147,9 +167,15 @@ class TritonEngine(Engine):
             # Launched from the event loop's thread, which lives as long as the replica:
             # the server's parent-death signal is tied to the launching thread.
             self._server.launch()
+            _replica_log.info(
+                "tritonserver (pid %s) serves %s and logs to %s",
+                self._server.pid,
+                repository,
+                self._server.log_path,
+            )
             await asyncio.to_thread(self._server.wait_ready)
             self._grpc_url = self._server.grpc_url
-            self._metrics_url = self._server.metrics_url
+            self._metrics_url = metrics_url(self._triton, self._server)
         self._client = triton_grpc.InferenceServerClient(self._grpc_url)
         self._http = httpx.AsyncClient(timeout=METRICS_TIMEOUT_S)
         await self._wait_model_ready()

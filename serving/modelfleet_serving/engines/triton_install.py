@@ -12,8 +12,9 @@ with the stub for Python 3.11 copied into ``backends/python/``. That stub embeds
 system's ``libpython3.11``, so models of the python backend import the system's packages
 (Debian: ``libpython3.11`` and ``python3-numpy``).
 
-Production replicas use the ``tritonserver`` of the TensorRT-LLM image instead
-(``engine.triton.serverCommand``); this module serves local runs and the tests.
+Replicas on a Triton or TensorRT-LLM image use that image's server instead: the
+``tritonserver`` on PATH, or whatever ``engine.triton.serverCommand`` starts (see
+`triton_server`); this module serves local runs, images without Triton, and the tests.
 
 Run ``python -m modelfleet_serving.engines.triton_install`` to install and print the
 binary's path.

@@ -3,27 +3,45 @@
 A replica without ``engine.triton.url`` owns its server: it starts it with this class on
 free loopback ports, waits for Triton's readiness endpoint, and stops it on shutdown.
 The tests start their servers with it too.
+
+The command line is ``engine.triton.serverCommand`` when given (the image's own way to
+start Triton, e.g. ``mpirun ... tritonserver`` for a TensorRT-LLM engine split over
+several GPUs), else the ``tritonserver`` on PATH, else the CPU build of
+``nvidia-pytriton``. The repository and the loopback ports reach it in one of two ways:
+
+* the command holds none of the placeholders below: modelfleet appends tritonserver's
+  own flags (``--model-repository=…``, ``--http-address=127.0.0.1``, ``--http-port=…``,
+  the same for gRPC and metrics, ``--allow-metrics=true``, ``--exit-timeout-secs=…``),
+  which suits ``tritonserver`` itself or a wrapper that ends in ``exec tritonserver "$@"``;
+* the command holds placeholders: modelfleet replaces ``{repository}``, ``{http_port}``,
+  ``{grpc_port}`` and ``{metrics_port}`` wherever they appear and appends nothing, for
+  launchers that spell the flags their own way. ``{http_port}`` (readiness) and
+  ``{grpc_port}`` (requests) must appear; without ``{metrics_port}`` the scheduler
+  gauges fall back to what the replica counts itself.
+
+The command must stay in the foreground for as long as the server runs (a launcher
+that starts tritonserver in the background and exits reads as a server that exited).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from modelfleet_serving.engines.triton_install import TritonInstall, ensure_tritonserver
+from modelfleet_serving.processes import free_ports, set_parent_death_signal
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +53,75 @@ EXIT_TIMEOUT_S = 5
 STOP_GRACE_S = 10.0
 
 
+# What a server command may hold instead of taking the flags modelfleet appends.
+PLACEHOLDERS = ("{repository}", "{http_port}", "{grpc_port}", "{metrics_port}")
+# Without these the replica could neither see the server ready nor send it requests.
+REQUIRED_PLACEHOLDERS = ("{http_port}", "{grpc_port}")
+
+
+@dataclass(frozen=True)
+class ServerPorts:
+    """The loopback ports one server listens on."""
+
+    http: int
+    grpc: int
+    metrics: int
+
+
+def uses_placeholders(command: Sequence[str]) -> bool:
+    """Whether ``command`` spells the repository and ports itself (see module doc)."""
+    return any(p in arg for arg in command for p in PLACEHOLDERS)
+
+
+def command_line(
+    command: Sequence[str],
+    repository: Path,
+    ports: ServerPorts,
+    *,
+    extra_flags: Sequence[str] = (),
+) -> list[str]:
+    """The full command line that starts a server of ``repository`` on ``ports``.
+
+    ``extra_flags`` go after the flags modelfleet appends; they are dropped, like those,
+    when ``command`` holds placeholders. Raises ValueError when it holds some but not
+    the ones the replica needs.
+    """
+    if uses_placeholders(command):
+        missing = [p for p in REQUIRED_PLACEHOLDERS if not any(p in arg for arg in command)]
+        if missing:
+            raise ValueError(
+                f"engine.triton.serverCommand uses placeholders but lacks {', '.join(missing)}: "
+                "the replica checks readiness on the HTTP port and sends requests to the "
+                "gRPC port; add them, or drop every placeholder to let modelfleet append "
+                "tritonserver's flags"
+            )
+        values = {
+            "{repository}": str(repository),
+            "{http_port}": str(ports.http),
+            "{grpc_port}": str(ports.grpc),
+            "{metrics_port}": str(ports.metrics),
+        }
+        substituted = []
+        for arg in command:
+            for placeholder, value in values.items():
+                arg = arg.replace(placeholder, value)
+            substituted.append(arg)
+        return substituted
+    return [
+        *command,
+        f"--model-repository={repository}",
+        "--http-address=127.0.0.1",
+        f"--http-port={ports.http}",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={ports.grpc}",
+        "--metrics-address=127.0.0.1",
+        f"--metrics-port={ports.metrics}",
+        "--allow-metrics=true",
+        f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+        *extra_flags,
+    ]
+
+
 class TritonServerError(RuntimeError):
     """The server failed to start or exited; the message carries its last log lines."""
 
@@ -42,10 +129,11 @@ class TritonServerError(RuntimeError):
 class TritonServer:
     """A ``tritonserver`` child process serving ``repository`` on free loopback ports.
 
-    ``command`` is the start of the command line; when it is None, the ``tritonserver``
-    on PATH (as in Triton's images) is used, else the CPU build from ``nvidia-pytriton``
-    is installed and used. The ports are chosen once: a server stopped and started
-    again comes back where its clients look for it.
+    ``command`` is the server command (see the module doc for how the repository and
+    ports reach it); when it is None, the ``tritonserver`` on PATH (as in Triton's
+    images) is used, else the CPU build from ``nvidia-pytriton`` is installed and used.
+    The ports are chosen once: a server stopped and started again comes back where its
+    clients look for it.
     """
 
     def __init__(
@@ -59,9 +147,18 @@ class TritonServer:
         self.repository = repository
         self._command = list(command) if command else None
         self._extra_env = dict(env or {})
-        self.http_port, self.grpc_port, self.metrics_port = _free_ports()
+        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
+        if self._command is not None:
+            # A command that cannot work fails the replica now, not after a readiness
+            # timeout of several minutes.
+            command_line(self._command, repository, self.ports)
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ports(self) -> ServerPorts:
+        """The loopback ports chosen for this server."""
+        return ServerPorts(http=self.http_port, grpc=self.grpc_port, metrics=self.metrics_port)
 
     @property
     def grpc_url(self) -> str:
@@ -98,28 +195,20 @@ class TritonServer:
         """
         if self.is_running():
             return
+        extra_flags: list[str] = []
         if self._command is not None:
-            command, env = list(self._command), dict(os.environ)
+            base, env = list(self._command), dict(os.environ)
         elif on_path := shutil.which("tritonserver"):
             # Triton and TensorRT-LLM images put their build on PATH.
-            command, env = [on_path], dict(os.environ)
+            base, env = [on_path], dict(os.environ)
         else:
             install: TritonInstall = ensure_tritonserver()
-            command, env = install.command(), install.environment()
+            base, env = install.command(), install.environment()
+            # The CPU build runs where there is no GPU, whose metrics would only add a
+            # start-up error to the log.
+            extra_flags.append("--allow-gpu-metrics=false")
         env.update(self._extra_env)
-        command += [
-            f"--model-repository={self.repository}",
-            "--http-address=127.0.0.1",
-            f"--http-port={self.http_port}",
-            "--grpc-address=127.0.0.1",
-            f"--grpc-port={self.grpc_port}",
-            "--metrics-address=127.0.0.1",
-            f"--metrics-port={self.metrics_port}",
-            "--allow-metrics=true",
-            # Without a GPU, GPU metrics only add a start-up error to the log.
-            "--allow-gpu-metrics=false",
-            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
-        ]
+        command = command_line(base, self.repository, self.ports, extra_flags=extra_flags)
         log.info("starting %s", " ".join(command))
         with self.log_path.open("ab") as out:
             self._process = subprocess.Popen(
@@ -131,7 +220,7 @@ class TritonServer:
                 # Its own process group, so that stop() also reaches the python-backend
                 # stubs it forks.
                 start_new_session=True,
-                preexec_fn=_set_parent_death_signal,
+                preexec_fn=set_parent_death_signal,
             )
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -199,27 +288,3 @@ class TritonServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _free_ports() -> tuple[int, int, int]:
-    """Three distinct free TCP ports on 127.0.0.1.
-
-    The sockets stay open until all are chosen so the ports differ; another process may
-    still take one before Triton binds it, which then shows as a start-up failure.
-    """
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(3)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        http, grpc, metrics = (sock.getsockname()[1] for sock in sockets)
-        return http, grpc, metrics
-
-
-def _set_parent_death_signal() -> None:
-    """Ask Linux to SIGTERM the server if its parent (the replica) dies uncleanly.
-
-    Runs in the child between fork and exec, so a killed replica or test run never
-    leaves a server behind holding its ports.
-    """
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)

@@ -29,9 +29,12 @@ import json
 import os
 import threading
 import time
+from typing import Any
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
+
+# Provided by Triton's python backend at run time; it has no stubs and no package.
+import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
 WORDS = (
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
@@ -41,7 +44,7 @@ FIRST_WORD_ID = 3
 EVENT_LOG_ENV = "MODELFLEET_TRITON_EVENT_LOG"
 
 
-def _scalar(request, name, default):
+def _scalar(request: Any, name: str, default: Any) -> Any:
     """The first element of an optional ``[batch, 1]`` input, or ``default``."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
@@ -49,7 +52,7 @@ def _scalar(request, name, default):
     return tensor.as_numpy().reshape(-1)[0]
 
 
-def _strings(request, name):
+def _strings(request: Any, name: str) -> list[str]:
     """An optional ``[batch, n]`` string input as a list of str (empty strings dropped)."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
@@ -58,7 +61,7 @@ def _strings(request, name):
     return [v for v in values if v]
 
 
-def _text_response(text):
+def _text_response(text: str) -> Any:
     """One response carrying ``text`` as text_output, shaped ``[1, 1]`` like the ensemble."""
     tensor = pb_utils.Tensor("text_output", np.array([[text.encode()]], dtype=np.object_))
     return pb_utils.InferenceResponse(output_tensors=[tensor])
@@ -67,22 +70,22 @@ def _text_response(text):
 class TritonPythonModel:
     """The stand-in model; one thread per request so that requests overlap."""
 
-    def initialize(self, args):
+    def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         params = config.get("parameters", {})
         self.token_delay_s = float(params.get("token_delay_s", {}).get("string_value", "0.02"))
         self.event_log = os.environ.get(EVENT_LOG_ENV)
         self.log_lock = threading.Lock()
-        self.threads = []
+        self.threads: list[threading.Thread] = []
 
-    def _log(self, event, request_id, **fields):
+    def _log(self, event: str, request_id: str, **fields: Any) -> None:
         if not self.event_log:
             return
         line = json.dumps({"event": event, "id": request_id, **fields})
         with self.log_lock, open(self.event_log, "a") as f:
             f.write(line + "\n")
 
-    def execute(self, requests):
+    def execute(self, requests: list[Any]) -> None:
         # Decoupled models answer through response senders, from any thread; returning
         # at once lets Triton hand this instance the next requests meanwhile.
         self.threads = [t for t in self.threads if t.is_alive()]
@@ -92,7 +95,7 @@ class TritonPythonModel:
             self.threads.append(thread)
         return None
 
-    def _generate(self, request):
+    def _generate(self, request: Any) -> None:
         sender = request.get_response_sender()
         request_id = request.request_id()
         try:
@@ -161,6 +164,6 @@ class TritonPythonModel:
         self._log("finished", request_id, tokens=count)
         sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
-    def finalize(self):
+    def finalize(self) -> None:
         for thread in self.threads:
             thread.join(timeout=5)
