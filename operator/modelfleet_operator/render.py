@@ -16,6 +16,7 @@ environment variable that holds the keys.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 from modelfleet_serving.autoscaling_ray import application_policy_for
 from modelfleet_serving.config import PoolConfig, ServingConfig
+from modelfleet_serving.serve_env import CLUSTER_SERVE_ENV
 
 from modelfleet_operator import __version__
 from modelfleet_operator.api import v1alpha1
@@ -132,15 +134,20 @@ def _quantity_cpu(cores: float) -> str:
 
 
 def _env(md: ModelDeployment, config: ServingConfig) -> list[dict[str, Any]]:
-    """Environment of every Ray container: the API keys, read from the user's Secret."""
+    """Environment of every Ray container: the Serve settings the data plane was
+    measured with (serve_env.py), and the API keys, read from the user's Secret."""
+    env: list[dict[str, Any]] = [
+        {"name": name, "value": value} for name, value in sorted(CLUSTER_SERVE_ENV.items())
+    ]
     ref = md.spec.serving.api_key_secret_ref
     if ref is None or config.api_keys_env is None:
-        return []
+        return env
     return [
+        *env,
         {
             "name": config.api_keys_env,
             "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-        }
+        },
     ]
 
 
@@ -160,7 +167,9 @@ def _container(
 ) -> dict[str, Any]:
     container: dict[str, Any] = {"name": name, "image": image, "resources": resources}
     if env:
-        container["env"] = env
+        # A copy per container: one list shared by several would be written as a
+        # YAML anchor and alias, which kubectl accepts but people reading it do not.
+        container["env"] = copy.deepcopy(env)
     if env_from:
         container["envFrom"] = env_from
     container.update({k: v for k, v in extra.items() if v})

@@ -28,6 +28,7 @@ from typing import TextIO
 
 from modelfleet_serving.config import ServingConfig
 from modelfleet_serving.processes import free_port
+from modelfleet_serving.serve_env import local_serve_env
 
 # The object store only carries request and response objects here, never tensors.
 OBJECT_STORE_BYTES = 128 * 1024**2
@@ -148,17 +149,20 @@ def logical_cpus(config: ServingConfig) -> int:
     return max(2, math.ceil(pools) + 1)
 
 
-def _start_ray(num_cpus: int) -> None:
+def _start_ray(num_cpus: int, port: int) -> None:
     import ray
 
     # Ray runs its workers at nice 15; here they hold the engine, which must not lose
     # the CPU to every other process on the machine.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    # Run deployment code and handle routing on each replica's main event loop instead
-    # of extra threads: fewer cross-thread hops per streamed item, which on a couple of
-    # cores costs more throughput than the isolation buys (Ray Serve's tuning advice).
-    os.environ.setdefault("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "0")
-    os.environ.setdefault("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP", "0")
+    # The data plane's Serve settings (serve_env.py): the front door listens on `port`
+    # itself, the LLM replicas on loopback ports of their own. Set before Ray starts,
+    # so that every worker inherits them.
+    for name, value in local_serve_env(port).items():
+        if "PORT" in name:
+            os.environ[name] = value
+        else:
+            os.environ.setdefault(name, value)
     # Ray's own metrics (per-request Serve counters and histograms, exported through
     # the dashboard agent) cost CPU on every hop; nobody scrapes them locally, and the
     # modelfleet_* metrics at /metrics do not depend on them.
@@ -213,7 +217,7 @@ def run_local(
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     port = port or free_port(host)
     try:
-        _start_ray(logical_cpus(config))
+        _start_ray(logical_cpus(config), port)
     except BaseException:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -224,8 +228,10 @@ def run_local(
         if on_phase is not None:
             on_phase(Phase.RAY_STARTED)
         # The ingress already logs every request; the proxy's copy would double it.
+        # With direct ingress the front door listens on `port` itself; Serve still
+        # starts its proxy, which must then keep off that port (it carries no traffic).
         serve.start(
-            http_options={"host": host, "port": port},
+            http_options={"host": host, "port": free_port(host)},
             logging_config={"enable_access_log": False},
         )
         # Deploying blocks until every replica is healthy (the engine has loaded), or

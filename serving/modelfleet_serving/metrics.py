@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Histogram,
     disable_created_metrics,
     generate_latest,
 )
@@ -26,7 +27,15 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from modelfleet_serving.telemetry import E2E, ITL, TPOT, TTFT, PoolSummary
+from modelfleet_serving.telemetry import (
+    E2E,
+    E2E_BUCKETS,
+    ITL,
+    TPOT,
+    TTFT,
+    TTFT_BUCKETS,
+    PoolSummary,
+)
 
 PREFIX = "modelfleet_"
 LABELS = ("model", "pool")
@@ -45,6 +54,13 @@ REQUESTS_RUNNING = PREFIX + "requests_running"
 KV_CACHE_USAGE_RATIO = PREFIX + "kv_cache_usage_ratio"
 REPLICAS = PREFIX + "replicas"
 AUTOSCALING_TARGET_QUEUE_DEPTH = PREFIX + "autoscaling_target_queue_depth"
+# Measured by the front door, where the user sees them: from the request's arrival
+# there to the first byte of the answer sent back, and to the last. They include what
+# the engine's own TTFT and e2e latency cannot see: queueing in front of the engine,
+# the hop to the replica and the relay.
+REQUEST_TIME_TO_FIRST_BYTE = PREFIX + "request_time_to_first_byte_seconds"
+REQUEST_DURATION = PREFIX + "request_duration_seconds"
+FRONT_DOOR_HISTOGRAMS = (REQUEST_TIME_TO_FIRST_BYTE, REQUEST_DURATION)
 
 # The latency histograms, in the order DESIGN.md lists them.
 HISTOGRAM_NAMES = (
@@ -161,11 +177,33 @@ class IngressMetrics:
             [*LABELS, "code"],
             registry=self.registry,
         )
+        self.first_byte = Histogram(
+            REQUEST_TIME_TO_FIRST_BYTE,
+            "Time from the request's arrival at the front door to the first byte sent back.",
+            LABELS,
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            REQUEST_DURATION,
+            "Time from the request's arrival at the front door to the last byte sent back.",
+            LABELS,
+            buckets=E2E_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_EngineCollector(model, summaries, target_queue_depth))
 
     def count(self, pool: str, status: int) -> None:
         """Count one answered request."""
         self.requests.labels(self.model, pool, str(status)).inc()
+
+    def observe_request(
+        self, pool: str, arrived: float, first_byte: float | None, done: float
+    ) -> None:
+        """Record one relayed request's times (`time.monotonic()` seconds)."""
+        if first_byte is not None:
+            self.first_byte.labels(self.model, pool).observe(first_byte - arrived)
+        self.duration.labels(self.model, pool).observe(done - arrived)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -7,9 +7,10 @@ a `ReplicaReport` to the deployment's stats hub every fraction of a second, and 
 ingress turns the sum of all reports into metrics (see `metrics.py`) and into the
 per-pool queue depths routing needs.
 
-Counters and histograms are cumulative per replica and the hub keeps the last report
-of a replica that went away, so the sums never go down when Serve replaces a replica.
-Gauges only count replicas that reported recently.
+Counters and histograms are cumulative per replica; when a replica goes away the hub
+folds its last telemetry into one "retired" report per pool (`retire`), so the sums
+never go down when Serve replaces a replica while the hub holds a bounded number of
+reports. Gauges only count replicas that reported recently.
 
 Pure: no Ray, vLLM or Prometheus imports.
 """
@@ -207,6 +208,10 @@ class ReplicaReport:
     running: int = 0
     kv_cache_usage: float = 0.0
     telemetry: EngineTelemetry = field(default_factory=EngineTelemetry)
+    address: str = ""
+    """Base URL of the replica's own OpenAI API (empty until the engine serves)."""
+    queued: int = 0
+    """Requests at the replica that have not had their first token yet."""
 
 
 @dataclass
@@ -219,6 +224,26 @@ class PoolSummary:
     """Mean over the replicas that reported recently."""
     replicas: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REPLICA_STATES, 0))
     telemetry: EngineTelemetry = field(default_factory=EngineTelemetry)
+
+
+RETIRED = "retired"
+"""`replica` of the report that holds the telemetry of a pool's departed replicas."""
+
+
+def retire(reports: dict[tuple[str, str], ReplicaReport], key: tuple[str, str]) -> None:
+    """Remove replica `key` from `reports`, adding its telemetry to its pool's retired
+    report (which is never fresh, so it counts in counters and histograms only)."""
+    gone = reports.pop(key, None)
+    if gone is None or gone.replica == RETIRED:
+        return
+    retired = reports.setdefault(
+        (gone.pool, RETIRED), ReplicaReport(pool=gone.pool, replica=RETIRED, state=RETIRED, at=0.0)
+    )
+    telemetry = retired.telemetry
+    for name, hist in gone.telemetry.histograms.items():
+        telemetry.histograms[name].add(hist)
+    telemetry.prompt_tokens += gone.telemetry.prompt_tokens
+    telemetry.generation_tokens += gone.telemetry.generation_tokens
 
 
 def summarize(

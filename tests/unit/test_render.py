@@ -34,6 +34,7 @@ from modelfleet_operator.render import (
 from modelfleet_operator.render import render as render_objects
 from modelfleet_operator.translate import pool_resource_name, serving_config
 from modelfleet_serving.config import PVC_MOUNT_ROOT, ServingConfig
+from modelfleet_serving.serve_env import CLUSTER_SERVE_ENV, SERVE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
@@ -211,7 +212,8 @@ def test_secrets_reach_pods_as_references_only() -> None:
     cluster = obj["spec"]["rayClusterConfig"]
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
         c = container(group)
-        assert c["env"] == [
+        secret_env = [e for e in c["env"] if e["name"] not in CLUSTER_SERVE_ENV]
+        assert secret_env == [
             {
                 "name": "MODELFLEET_API_KEYS",
                 "valueFrom": {"secretKeyRef": {"name": "keys", "key": "api-keys"}},
@@ -222,10 +224,17 @@ def test_secrets_reach_pods_as_references_only() -> None:
     assert config["api_keys_env"] == "MODELFLEET_API_KEYS"
 
 
-def test_no_secret_no_env() -> None:
+def test_no_secret_no_env_but_the_serve_settings() -> None:
     c = container(workers(md())[0])
-    assert "env" not in c
+    assert c["env"] == [{"name": k, "value": v} for k, v in sorted(CLUSTER_SERVE_ENV.items())]
     assert "envFrom" not in c
+
+
+def test_the_serve_settings_are_those_measured() -> None:
+    # The benchmark runs `modelfleet serve`, whose settings are these plus the local
+    # port range; a cluster adds HAProxy in front of the direct-ingress front doors.
+    assert SERVE_ENV.items() <= CLUSTER_SERVE_ENV.items()
+    assert CLUSTER_SERVE_ENV["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
 
 
 def test_pvc_sources_are_mounted_read_only_and_rewritten() -> None:

@@ -1,9 +1,10 @@
 """`modelfleet bench --url URL`: load an OpenAI-compatible endpoint and report latencies.
 
-Requests stream (SSE) over httpx, arrive as a Poisson process at `--request-rate` or
-keep `--concurrency` in flight (default: all at once), and ask for exactly the output
-length drawn (`ignore_eos`, as vLLM's `bench serve` does with random data), so two
-servers of the same model do the same work.
+Requests stream (SSE) over aiohttp (the client must cost little next to the server),
+arrive as a Poisson process at `--request-rate` or keep `--concurrency` in flight
+(default: all at once), and ask for exactly the output length drawn (`ignore_eos`,
+as vLLM's `bench serve` does with random data), so two servers of the same model do
+the same work.
 
 Prompts are random words. With `--tokenizer` (a local model directory) their length
 is exact in that tokenizer's tokens; without it each word counts as one token, which
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 
 from modelfleet_cli.bench.stats import RequestResult, format_summary, summarize
@@ -73,9 +75,16 @@ def make_jobs(
 
 
 async def send(
-    client: httpx.AsyncClient, base: str, model: str, endpoint: str, job: Job, args: Any
+    session: aiohttp.ClientSession, base: str, model: str, endpoint: str, job: Job, args: Any
 ) -> RequestResult:
-    """Send one streaming request and time it."""
+    """Send one streaming request and time it.
+
+    The client must cost little next to the server it measures: the body is read in
+    whatever pieces the socket gives, split into SSE events by bytes, and only events
+    are parsed. ITL is per token: when one read brings the events of several tokens
+    (or one event carries several, per `continuous_usage_stats`), the gap since the
+    last token is shared evenly among them.
+    """
     payload: dict[str, Any] = {
         "model": model,
         "max_tokens": job.output_tokens,
@@ -91,50 +100,62 @@ async def send(
     else:
         url = f"{base}/v1/completions"
         payload["prompt"] = job.prompt
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    headers = {"Content-Type": "application/json"}
+    if args.api_key:
+        headers["Authorization"] = f"Bearer {args.api_key}"
+    body = json.dumps(payload).encode()
     start = time.perf_counter()
     first = last = 0.0
     gaps: list[float] = []
-    chunks = 0
+    tokens = 0
     usage: dict[str, Any] = {}
+    pending = b""
     try:
-        async with client.stream("POST", url, json=payload, headers=headers) as response:
-            if response.status_code != 200:
-                body = (await response.aread()).decode(errors="replace")
-                return RequestResult(
-                    success=False, error=f"HTTP {response.status_code}: {body[:200]}"
-                )
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    # Read on to the end of the body so the connection closes cleanly.
-                    continue
-                event = json.loads(data)
-                if "error" in event:
-                    return RequestResult(success=False, error=str(event["error"].get("message")))
-                if event.get("usage"):
-                    usage = event["usage"]
-                if not _has_text(event):
-                    continue
+        async with session.post(url, data=body, headers=headers) as response:
+            if response.status != 200:
+                text = (await response.read()).decode(errors="replace")
+                return RequestResult(success=False, error=f"HTTP {response.status}: {text[:200]}")
+            async for piece in response.content.iter_any():
                 now = time.perf_counter()
-                if chunks == 0:
+                *events, pending = (pending + piece).split(b"\n\n")
+                new = 0
+                for event in events:
+                    data = event.strip()
+                    if not data.startswith(b"data:"):
+                        continue
+                    data = data[5:].strip()
+                    if data == b"[DONE]":
+                        continue
+                    parsed = json.loads(data)
+                    if "error" in parsed:
+                        return RequestResult(
+                            success=False, error=str(parsed["error"].get("message"))
+                        )
+                    if parsed.get("usage"):
+                        usage = parsed["usage"]
+                    if _has_text(parsed):
+                        new += 1
+                if not new:
+                    continue
+                if tokens == 0:
                     first = now
+                    # The first event's token is the TTFT; the rest of this read's
+                    # tokens came with it.
+                    gaps.extend([0.0] * (new - 1))
                 else:
-                    gaps.append(now - last)
+                    gaps.extend([(now - last) / new] * new)
                 last = now
-                chunks += 1
-    except (httpx.HTTPError, json.JSONDecodeError) as e:
+                tokens += new
+    except (aiohttp.ClientError, json.JSONDecodeError, TimeoutError) as e:
         return RequestResult(success=False, error=f"{type(e).__name__}: {e}")
     end = time.perf_counter()
-    if chunks == 0:
+    if tokens == 0:
         return RequestResult(success=False, error="no tokens streamed")
     return RequestResult(
         success=True,
         start_time=start,
         prompt_tokens=int(usage.get("prompt_tokens", job.prompt_tokens)),
-        output_tokens=int(usage.get("completion_tokens", chunks)),
+        output_tokens=int(usage.get("completion_tokens", tokens)),
         ttft=first - start,
         latency=end - start,
         itl=tuple(gaps),
@@ -142,8 +163,14 @@ async def send(
 
 
 def _has_text(event: dict[str, Any]) -> bool:
+    """Whether an event carries an output token, as vLLM's `bench serve` counts them:
+    every completion choice does (a token may decode to no text yet, a partial UTF-8
+    byte say); a chat delta does unless it only opens the message (the role)."""
     for choice in event.get("choices", ()):
-        if choice.get("text") or (choice.get("delta") or {}).get("content"):
+        if "text" in choice:
+            return True
+        delta = choice.get("delta") or {}
+        if delta.get("content") is not None and "role" not in delta:
             return True
     return False
 
@@ -152,16 +179,19 @@ async def run_load(
     base: str, model: str, jobs: Sequence[Job], args: Any
 ) -> tuple[list[RequestResult], float]:
     """Send every job per the load options; return the results and the run's duration."""
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     rng = random.Random(args.seed + 1)
     semaphore = asyncio.Semaphore(args.concurrency) if args.concurrency else None
-    async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=args.timeout)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, auto_decompress=False
+    ) as session:
 
         async def one(job: Job) -> RequestResult:
             if semaphore is None:
-                return await send(client, base, model, args.endpoint, job, args)
+                return await send(session, base, model, args.endpoint, job, args)
             async with semaphore:
-                return await send(client, base, model, args.endpoint, job, args)
+                return await send(session, base, model, args.endpoint, job, args)
 
         start = time.perf_counter()
         tasks = []

@@ -4,8 +4,10 @@ Definitions follow vLLM's `bench serve` so numbers compare across tools:
 
 * TTFT: request sent → first token received.
 * TPOT: (E2E − TTFT) / (output tokens − 1), per request with more than one token.
-* ITL: the gaps between consecutive streamed chunks (one per token when the server
-  streams token by token), pooled over all requests.
+* ITL: the gaps between consecutive output tokens, pooled over all requests. When one
+  read brings several tokens, the gap since the previous token is shared evenly among
+  them (vLLM's `bench serve` records one gap per chunk, which reads a server that
+  sends several tokens at once as faster than it is).
 * E2E: request sent → last byte received.
 * Throughput: completed requests and output tokens per second of wall-clock run time.
 * Goodput: completed requests per second that met every given target (TTFT and/or

@@ -1,0 +1,182 @@
+"""What runs in an LLM replica: the engine, its HTTP API and its stats reporting.
+
+One Serve deployment per node pool runs `LLMServer`. Each replica starts its engine,
+then serves the OpenAI API itself (replica_http.py) on a port of its own, and tells
+the stats hub where, in the reports it sends twice a second. The front door reads the
+hub, picks a replica and relays bytes to it: the tokens never cross a Serve handle.
+Serve still owns the replica's life: health checks (a dead engine fails them and
+Serve replaces the replica) and autoscaling on the engine's waiting queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ray import serve
+
+from modelfleet_serving.autoscaling_ray import queue_depth_stats
+from modelfleet_serving.config import ServingConfig
+from modelfleet_serving.engines import EngineStats, create_engine
+from modelfleet_serving.replica_http import ReplicaAPI
+from modelfleet_serving.stats_hub import stats_hub
+from modelfleet_serving.telemetry import RUNNING, STARTING, UNHEALTHY, ReplicaReport
+
+logger = logging.getLogger("ray.serve")
+
+REPORT_INTERVAL_S = 0.5
+# How long a stopping replica lets its running streams finish; below the deployment's
+# graceful_shutdown_timeout_s, after which Serve kills the actor.
+DRAIN_TIMEOUT_S = 25.0
+# The address the replica's HTTP API binds to. Unset: the node's IP, so a front door
+# on another node can reach it; `modelfleet serve` sets 127.0.0.1.
+REPLICA_HOST_ENV = "MODELFLEET_REPLICA_HOST"
+
+
+def _request_models() -> dict[str, Any]:
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    return {"chat": ChatCompletionRequest, "completion": CompletionRequest}
+
+
+def _bind_host() -> str:
+    host = os.environ.get(REPLICA_HOST_ENV)
+    if host:
+        return host
+    import ray.util
+
+    return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+
+
+async def start_http(app: Any, host: str) -> tuple[Any, asyncio.Task[None], int]:
+    """Serve `app` with uvicorn on `host` and a free port; return server, task, port."""
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        # The actor's signals belong to Ray, not to this server.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.set_inheritable(True)
+    config = uvicorn.Config(
+        app,
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        # Long generations stream for minutes; keep-alive lets the front door reuse
+        # connections between requests.
+        timeout_keep_alive=75,
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the replica's HTTP server stopped while starting")
+        await asyncio.sleep(0.01)
+    return server, task, int(sock.getsockname()[1])
+
+
+class LLMServer:
+    """One replica of a pool's LLM deployment: engine, HTTP API, stats reporting."""
+
+    async def __init__(self, config: dict[str, Any], pool: str) -> None:  # type: ignore[misc]
+        self._config = ServingConfig.model_validate(config)
+        self._pool = pool
+        self._replica = serve.get_replica_context().replica_id.unique_id
+        self._hub = stats_hub(self._config.name)
+        self._state = STARTING
+        self._address = ""
+        self._engine = create_engine(self._config)
+        self._api = ReplicaAPI(
+            self._engine,
+            _request_models(),
+            max_queued=self._config.max_queued_requests,
+            healthy=lambda: self._state == RUNNING,
+        )
+        # Report from the start, so `replicas{state="starting"}` shows slow loads.
+        self._reporter = asyncio.create_task(self._report_loop())
+        await self._engine.start()
+        host = _bind_host()
+        self._server, self._server_task, port = await start_http(self._api, host)
+        self._address = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        self._state = RUNNING
+        await self._report()
+
+    async def _report(self) -> None:
+        stats = (
+            await self._engine.stats()
+            if self._state == RUNNING
+            else EngineStats(waiting=0, running=0, kv_cache_usage=0.0)
+        )
+        await self._hub.report.remote(
+            ReplicaReport(
+                pool=self._pool,
+                replica=self._replica,
+                state=self._state,
+                at=time.time(),
+                waiting=stats.waiting,
+                running=stats.running,
+                kv_cache_usage=stats.kv_cache_usage,
+                telemetry=self._engine.telemetry,
+                address=self._address,
+                queued=self._api.queued,
+            )
+        )
+
+    async def _report_loop(self) -> None:
+        while True:
+            try:
+                await self._report()
+            except Exception:
+                # Metrics must never take serving down; the next round retries.
+                logger.warning("stats report failed", exc_info=True)
+            await asyncio.sleep(REPORT_INTERVAL_S)
+
+    async def address(self) -> str:
+        """Where this replica's OpenAI API listens (empty while the engine loads)."""
+        return self._address
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """The queue-depth metric Serve hands to our autoscaling policy (autoscaling_ray)."""
+        waiting = (await self._engine.stats()).waiting if self._state == RUNNING else 0
+        return queue_depth_stats(waiting)
+
+    async def check_health(self) -> None:
+        """Serve's health probe: a dead engine fails it, and Serve replaces the replica."""
+        try:
+            await self._engine.check_health()
+        except Exception:
+            self._state = UNHEALTHY
+            raise
+        if self._server_task.done():
+            self._state = UNHEALTHY
+            raise RuntimeError("the replica's HTTP server stopped")
+
+    async def __del__(self) -> None:
+        self._reporter.cancel()
+        with contextlib.suppress(Exception):
+            # Tell the hub at once, so front doors stop sending here.
+            await self._hub.leave.remote(self._pool, self._replica, self._engine.telemetry)
+        # Streams already running finish first (within Serve's graceful shutdown
+        # timeout): Serve does not see them, as they never crossed a Serve handle.
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while self._api.streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        server = getattr(self, "_server", None)
+        if server is not None:
+            server.should_exit = True
+        await self._engine.shutdown()

@@ -1,0 +1,209 @@
+"""The OpenAI HTTP API an LLM replica answers itself, for the front door to relay.
+
+The front door (frontdoor.py) checks the key and the model name, picks a replica and
+relays bytes; this ASGI app, inside the replica, does the rest: vLLM's protocol models
+parse the body (the same validation as `vllm serve`), the engine answers, and each SSE
+chunk the engine yields is written to the socket as it comes. No Ray object, pickling
+or Serve handle sits on the way of a token.
+
+It also holds the queue limit: a request counts as queued from its arrival here until
+the engine yields its first chunk (prefill done), and past `max_queued` such requests
+a new one gets 429. The count is the replica's own, so it holds however many front-door
+replicas send to it. Requests already generating are not counted: they are limited by
+the engine's batch (`maxNumSeqs`) and the KV cache, not by a queue.
+
+When the client (the front door, on behalf of the user) disconnects, the response task
+is cancelled, which closes the engine's iterator: the engine aborts the request.
+
+Pure ASGI: no Ray, and no vLLM import outside the request models the caller passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import aclosing
+from typing import Any
+
+from pydantic import ValidationError
+
+from modelfleet_serving.engines.base import Engine, EngineItem
+from modelfleet_serving.errors import (
+    ErrorInfo,
+    ServingError,
+    bad_request,
+    from_validation_errors,
+    internal,
+    queue_full,
+    unavailable,
+)
+
+logger = logging.getLogger("ray.serve")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+CHAT_PATH = "/v1/chat/completions"
+COMPLETION_PATH = "/v1/completions"
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def sse_error(info: ErrorInfo) -> bytes:
+    """An error inside a stream whose headers are sent already, as vLLM reports it."""
+    return f"data: {json.dumps(info.body())}\n\ndata: [DONE]\n\n".encode()
+
+
+async def send_json(send: Send, status: int, body: Any) -> None:
+    """A whole JSON response."""
+    payload = json.dumps(body).encode()
+    headers = [*JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def send_error(send: Send, info: ErrorInfo) -> None:
+    """Our one error shape with its HTTP status."""
+    await send_json(send, info.status, info.body())
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body."""
+    parts = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionResetError("client went away")
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+class ReplicaAPI:
+    """ASGI app: POST /v1/chat/completions and /v1/completions on one engine.
+
+    `request_models` maps "chat" and "completion" to the protocol models (vLLM's);
+    `healthy` says whether the engine can take requests (503 otherwise).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        request_models: dict[str, Any],
+        *,
+        max_queued: int,
+        healthy: Callable[[], bool],
+    ) -> None:
+        self._engine = engine
+        self._models = request_models
+        self._max_queued = max_queued
+        self._healthy = healthy
+        self.queued = 0
+        """Requests here that have not had their first chunk from the engine yet."""
+        self.streams = 0
+        """Requests being answered (queued or generating)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        kind = "chat" if path == CHAT_PATH else "completion" if path == COMPLETION_PATH else None
+        if kind is None or scope["method"] != "POST":
+            await send_error(send, ErrorInfo(404, f"Not found: {path}", "not_found"))
+            return
+        try:
+            raw = await read_body(receive)
+        except ConnectionResetError:
+            return
+        self.streams += 1
+        try:
+            await self._answer(kind, raw, receive, send)
+        finally:
+            self.streams -= 1
+
+    def _parse(self, kind: str, raw: bytes) -> Any:
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ServingError(bad_request(f"Malformed JSON body: {e}", code="invalid_json")) from e
+        try:
+            return self._models[kind].model_validate(body)
+        except ValidationError as e:
+            raise ServingError(from_validation_errors(e.errors())) from e
+
+    async def _answer(self, kind: str, raw: bytes, receive: Receive, send: Send) -> None:
+        try:
+            request = self._parse(kind, raw)
+            if not self._healthy():
+                raise ServingError(unavailable("the engine is not running"))
+            if self.queued >= self._max_queued:
+                raise ServingError(queue_full(self._max_queued))
+        except ServingError as e:
+            await send_error(send, e.info)
+            return
+        call = self._engine.chat if kind == "chat" else self._engine.completion
+        items = call(request)
+        # The response runs as a task of its own so that a disconnect, seen by
+        # `receive`, can cancel it; cancelling closes `items` and the engine aborts.
+        respond = asyncio.ensure_future(self._respond(items, send))
+        watch = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await asyncio.wait((respond, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not respond.done():
+                respond.cancel()
+                # Let the cancellation reach the engine before this request ends.
+                await asyncio.gather(respond, return_exceptions=True)
+        if respond.done() and not respond.cancelled() and respond.exception() is not None:
+            logger.warning("response failed", exc_info=respond.exception())
+
+    async def _respond(self, items: AsyncIterator[EngineItem], send: Send) -> None:
+        self.queued += 1
+        async with aclosing(items):  # type: ignore[type-var]
+            try:
+                try:
+                    first = await items.__anext__()
+                finally:
+                    self.queued -= 1
+            except StopAsyncIteration:
+                await send_error(send, internal("the engine returned no response"))
+                return
+            except ServingError as e:
+                await send_error(send, e.info)
+                return
+            except Exception as e:
+                logger.exception("request failed in the engine")
+                await send_error(send, internal(f"the engine failed: {e}"))
+                return
+            if not isinstance(first, str):
+                await send_json(send, 200, first)
+                return
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            # The first chunk goes alone and at once: it carries the first token (or the
+            # role), and holding it back would add to the time to first token.
+            await send({"type": "http.response.body", "body": first.encode(), "more_body": True})
+            tail = b""
+            try:
+                async for chunk in items:
+                    body = chunk.encode() if isinstance(chunk, str) else json.dumps(chunk).encode()
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            except ServingError as e:
+                tail = sse_error(e.info)
+            except Exception as e:
+                logger.exception("stream failed in the engine")
+                tail = sse_error(internal(f"the engine failed: {e}"))
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,125 @@
+"""The replica's own HTTP API, driven as ASGI with an engine that needs no model."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from modelfleet_serving.errors import ServingError, bad_request
+from modelfleet_serving.replica_http import ReplicaAPI
+from pydantic import BaseModel
+
+
+class Request(BaseModel):
+    prompt: str
+    stream: bool = False
+    max_tokens: int = 3
+
+
+class Engine:
+    def __init__(self) -> None:
+        self.closed = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def _items(self, request: Request) -> AsyncIterator[Any]:
+        try:
+            if request.prompt == "refuse":
+                raise ServingError(bad_request("no", code="context_length_exceeded"))
+            await self.gate.wait()
+            if not request.stream:
+                yield {"object": "text_completion"}
+                return
+            for i in range(request.max_tokens):
+                yield f'data: {{"i": {i}}}\n\n'
+                await asyncio.sleep(0)
+            yield "data: [DONE]\n\n"
+        finally:
+            self.closed += 1
+
+    def completion(self, request: Request) -> AsyncIterator[Any]:
+        return self._items(request)
+
+    chat = completion
+
+
+async def _call(
+    api: ReplicaAPI, body: Any, *, disconnect_after: int | None = None
+) -> tuple[int, bytes]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    sent: list[dict[str, Any]] = []
+    done = asyncio.Event()
+    messages = [{"type": "http.request", "body": raw, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        bodies = [m for m in sent if m["type"] == "http.response.body"]
+        if disconnect_after is not None and len(bodies) >= disconnect_after:
+            done.set()
+
+    scope = {"type": "http", "path": "/v1/completions", "method": "POST"}
+    await asyncio.wait_for(api(scope, receive, send), 5)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def _api(engine: Engine, max_queued: int = 4) -> ReplicaAPI:
+    return ReplicaAPI(
+        engine,  # type: ignore[arg-type]
+        {"chat": Request, "completion": Request},
+        max_queued=max_queued,
+        healthy=lambda: True,
+    )
+
+
+async def test_streams_every_chunk_and_ends() -> None:
+    engine = Engine()
+    status, body = await _call(_api(engine), {"prompt": "x", "stream": True})
+    assert status == 200
+    assert body.count(b"data: {") == 3 and body.endswith(b"data: [DONE]\n\n")
+    assert engine.closed == 1
+
+
+async def test_whole_response_is_json() -> None:
+    status, body = await _call(_api(Engine()), {"prompt": "x"})
+    assert (status, json.loads(body)) == (200, {"object": "text_completion"})
+
+
+async def test_bad_bodies_and_refusals_have_the_error_shape() -> None:
+    api = _api(Engine())
+    status, body = await _call(api, b"{")
+    assert status == 400 and json.loads(body)["error"]["code"] == "invalid_json"
+    status, body = await _call(api, {"prompt": 3})
+    assert status == 400 and json.loads(body)["error"]["param"] == "prompt"
+    status, body = await _call(api, {"prompt": "refuse", "stream": True})
+    assert status == 400 and json.loads(body)["error"]["code"] == "context_length_exceeded"
+
+
+async def test_queue_limit_counts_requests_before_their_first_token() -> None:
+    engine = Engine()
+    engine.gate.clear()
+    api = _api(engine, max_queued=2)
+    waiting = [asyncio.create_task(_call(api, {"prompt": "x", "stream": True})) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    assert api.queued == 2
+    status, body = await _call(api, {"prompt": "x", "stream": True})
+    assert status == 429 and json.loads(body)["error"]["code"] == "queue_full"
+    engine.gate.set()
+    assert [s for s, _ in await asyncio.gather(*waiting)] == [200, 200]
+    assert api.queued == 0 and api.streams == 0
+
+
+async def test_a_client_that_goes_away_closes_the_engine_stream() -> None:
+    engine = Engine()
+    status, body = await _call(
+        _api(engine), {"prompt": "x", "stream": True, "max_tokens": 10_000}, disconnect_after=2
+    )
+    assert status == 200
+    assert b"[DONE]" not in body
+    assert engine.closed == 1
