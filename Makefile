@@ -26,3 +26,10 @@ generate: setup
 # Fails, naming the files, when a generated file is out of date with its source.
 check-generated:
 	.venv/bin/python -m scripts.generate --check
+
+# The product's container images, built without Docker from images/recipe.py (root, for
+# mmdebstrap): the operator and the Ray image (CPU); GPU=1 adds the GPU flavour.
+# Cached outside the repository; see docs/images.md.
+.PHONY: images
+images: setup
+	.venv/bin/python -m images.build $(if $(GPU),--gpu,)

@@ -9,7 +9,12 @@ import os
 # operator, `modelfleet serve`) inherit the setting.
 os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
 
-from tests.cluster.fixtures import control_plane  # noqa: F401 - a fixture, used by name
+from tests.cluster.fixtures import (  # noqa: F401 - fixtures, used by name
+    control_plane,
+    kuberay_node_cluster,
+    node_cluster,
+    node_images,
+)
 from tests.prometheus_fixtures import prometheus  # noqa: F401 - a fixture, used by name
 from tests.serve_fixtures import tiny_cpu_serve  # noqa: F401 - a fixture, used by name
 from tests.triton_fixtures import (  # noqa: F401 - fixtures, used by name
