@@ -2,7 +2,8 @@
 
 The example of manifests/examples/tiny-cpu.yaml with `apiKeySecretRef` set (locally the
 keys come from the MODELFLEET_API_KEYS variable, as the operator fills it from the
-Secret) and `maxQueuedRequests: 3`, so the limit is reached with a handful of requests.
+Secret), `maxQueuedRequests: 3` and one sequence per batch: one request generates, the
+next three wait for the engine, and any more is refused, however fast the machine.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def limited_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     manifest["metadata"]["name"] = "tiny-limited"
     manifest["spec"]["serving"]["apiKeySecretRef"] = {"name": "keys", "key": "keys"}
     manifest["spec"]["serving"]["maxQueuedRequests"] = QUEUE_LIMIT
+    # With one sequence per batch the requests behind the first one wait in the queue for
+    # as long as it generates, so the limit does not depend on how fast requests arrive.
+    manifest["spec"]["engine"]["maxNumSeqs"] = 1
     path = workdir / "tiny-limited.yaml"
     path.write_text(yaml.safe_dump(manifest))
     log_path = workdir / "serve.log"
