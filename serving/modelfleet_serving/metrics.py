@@ -1,6 +1,6 @@
 """The `modelfleet_*` metrics the ingress exposes at GET /metrics.
 
-Names and labels are a contract with the dashboards (DESIGN.md, "Metrics"): each name
+Names and labels are a contract with the dashboards (docs/design.md, "Metrics"): each name
 is spelled once, in the constants below, which the dashboards and the tests import. The
 request counter is counted here, where the HTTP status is known; latency histograms,
 token counters and engine gauges come from the LLM replicas' reports (telemetry.py)
@@ -62,14 +62,15 @@ REQUEST_TIME_TO_FIRST_BYTE = PREFIX + "request_time_to_first_byte_seconds"
 REQUEST_DURATION = PREFIX + "request_duration_seconds"
 FRONT_DOOR_HISTOGRAMS = (REQUEST_TIME_TO_FIRST_BYTE, REQUEST_DURATION)
 
-# The latency histograms, in the order DESIGN.md lists them.
+# The latency histograms, in the order docs/design.md lists them.
 HISTOGRAM_NAMES = (
     TIME_TO_FIRST_TOKEN,
     TIME_PER_OUTPUT_TOKEN,
     INTER_TOKEN_LATENCY,
     E2E_REQUEST_LATENCY,
+    *FRONT_DOOR_HISTOGRAMS,
 )
-# Every metric name DESIGN.md lists for the serving plane.
+# Every metric name docs/design.md lists for the serving plane.
 METRIC_NAMES = (
     *HISTOGRAM_NAMES,
     REQUESTS_TOTAL,

@@ -155,7 +155,7 @@ class HistogramData:
 
 
 def new_histograms() -> dict[str, HistogramData]:
-    """One empty histogram per DESIGN.md latency metric."""
+    """One empty histogram per engine latency metric of docs/design.md."""
     return {name: HistogramData(bounds) for name, bounds in HISTOGRAMS.items()}
 
 

@@ -259,7 +259,7 @@ def test_a_held_pool_keeps_its_downscale_timer() -> None:
 
 
 def test_the_policy_module_is_pure() -> None:
-    # DESIGN.md: the policy imports nothing from Ray, vLLM, Kubernetes or Kopf.
+    # docs/design.md: the policy imports nothing from Ray, vLLM, Kubernetes or Kopf.
     code = (
         "import sys, modelfleet_serving.autoscaling\n"
         "bad = {'ray', 'vllm', 'kubernetes', 'kopf', 'tritonclient'}\n"

@@ -1,6 +1,6 @@
 """The serving dashboard: latency, traffic, load and capacity of each model and pool.
 
-Metric names are the contract written in DESIGN.md ("Metrics"); they come from
+Metric names are the contract written in docs/design.md ("Metrics"); they come from
 `modelfleet_serving.metrics`, where the ingress defines them, and a unit test checks
 that every name the dashboards use is defined in the serving or operator code.
 
@@ -24,6 +24,8 @@ from modelfleet_serving.metrics import (
     KV_CACHE_USAGE_RATIO,
     PROMPT_TOKENS_TOTAL,
     REPLICAS,
+    REQUEST_DURATION,
+    REQUEST_TIME_TO_FIRST_BYTE,
     REQUESTS_RUNNING,
     REQUESTS_TOTAL,
     REQUESTS_WAITING,
@@ -83,6 +85,17 @@ def _latency_panels(ids: PanelIds) -> list[timeseries.Panel]:
             INTER_TOKEN_LATENCY,
         ),
         ("End-to-end latency", "Time from arrival to the last token.", E2E_REQUEST_LATENCY),
+        (
+            "Time to first byte (front door)",
+            "What the client sees: from the request's arrival at the front door to the "
+            "first byte sent back, queueing in front of the engine included.",
+            REQUEST_TIME_TO_FIRST_BYTE,
+        ),
+        (
+            "Request duration (front door)",
+            "From the request's arrival at the front door to the last byte sent back.",
+            REQUEST_DURATION,
+        ),
     ]
     return [
         ids.timeseries(
