@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from typing import Any
 
 import yaml
@@ -53,6 +54,11 @@ APP_IMPORT_PATH = "modelfleet_serving.app:app_builder"
 SERVE_PORT = 8000
 # Seconds a Ray worker pod stays idle before the Ray autoscaler removes it.
 WORKER_IDLE_TIMEOUT_S = 60
+# The Ray autoscaler's container in the head pod.
+AUTOSCALER_RESOURCES = {
+    "requests": {"cpu": "100m", "memory": "512Mi"},
+    "limits": {"cpu": "500m", "memory": "512Mi"},
+}
 
 # The Ray image when neither the spec nor the operator's --image names one: the
 # project's image of the same version, which carries Ray, vLLM and modelfleet_serving.
@@ -179,9 +185,13 @@ def _container(
 def _head_group(md: ModelDeployment, image: str, env: list[Any], env_from: list[Any]) -> Object:
     # The head runs the GCS, the dashboard, the Serve controller and the OpenAI ingress,
     # never an engine: it has no GPU and no pool resource, so LLM replicas avoid it.
+    # No CPU limit: its processes are bursty and latency-sensitive, and a quota would
+    # throttle the front door; its memory is capped, like any pod that must not grow.
+    head = md.spec.head
+    memory = _quantity_gib(head.memory_gib)
     resources = {
-        "requests": {"cpu": "1", "memory": "4Gi"},
-        "limits": {"cpu": "2", "memory": "4Gi"},
+        "requests": {"cpu": _quantity_cpu(head.cpu), "memory": memory},
+        "limits": {"memory": memory},
     }
     ports = [
         {"name": "gcs-server", "containerPort": 6379},
@@ -190,7 +200,13 @@ def _head_group(md: ModelDeployment, image: str, env: list[Any], env_from: list[
         {"name": "serve", "containerPort": SERVE_PORT},
     ]
     return {
-        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},
+        # Ray's logical CPUs on the head, stated because there is no CPU limit for
+        # KubeRay to take them from: enough for the front door (a tenth of a core).
+        "rayStartParams": {
+            "dashboard-host": "0.0.0.0",
+            "num-cpus": str(max(1, math.floor(head.cpu))),
+            "num-gpus": "0",
+        },
         "template": {
             "metadata": {"labels": {LABEL_DEPLOYMENT: md.metadata.name}},
             "spec": {
@@ -290,6 +306,9 @@ def ray_service_spec(md: ModelDeployment, config: ServingConfig, image: str) -> 
                 # replica; its GPU pod then goes after a short idle time of its own
                 # instead of waiting that delay a second time.
                 "idleTimeoutSeconds": WORKER_IDLE_TIMEOUT_S,
+                # The autoscaler sidecar is idle between decisions: a small request
+                # (KubeRay's default reserves half a core) with room to burst.
+                "resources": AUTOSCALER_RESOURCES,
             },
             "headGroupSpec": _head_group(md, image, env, env_from),
             "workerGroupSpecs": [

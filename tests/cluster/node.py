@@ -39,6 +39,7 @@ import logging
 import os
 import re
 import secrets
+import selectors
 import shutil
 import signal
 import socket
@@ -1614,6 +1615,28 @@ disabled_plugins = [
             cache_dir=self.dir / "kubectl-cache",
         )
 
+    @contextlib.contextmanager
+    def port_forward(self, namespace: str, target: str, port: int) -> Iterator[int]:
+        """``kubectl port-forward`` of ``target`` (``pod/x``, ``svc/y``) port ``port`` to a
+        free port on 127.0.0.1; yields that port, stops the forward on exit."""
+        command = [
+            str(self.kubectl),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--namespace={namespace}",
+            "port-forward",
+            "--address=127.0.0.1",
+            target,
+            f":{port}",
+        ]
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as forward:
+            try:
+                yield _forwarded_port(forward)
+            finally:
+                forward.terminate()
+                forward.wait(timeout=10)
+
     # ------------------------------------------------------------------------- stop
 
     def stop(self) -> list[str]:
@@ -1832,3 +1855,23 @@ def _provide_product(cluster: NodeCluster, *, via_registry: bool) -> list[str]:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _forwarded_port(forward: subprocess.Popen[str], timeout: float = 30.0) -> int:
+    """The local port from kubectl port-forward's "Forwarding from 127.0.0.1:N" line."""
+    assert forward.stdout is not None
+    seen = []
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(forward.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=deadline - time.monotonic()):
+                break
+            line = forward.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            match = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) ->", line)
+            if match:
+                return int(match.group(1))
+    raise NodeClusterError(f"kubectl port-forward did not start: {''.join(seen)}")

@@ -8,9 +8,6 @@ tests/assets/node/httpecho.
 
 from __future__ import annotations
 
-import re
-import selectors
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -175,42 +172,8 @@ def test_service_answers_by_cluster_ip_and_dns_name(
 
 
 def test_port_forward_from_the_host(node_cluster: NodeCluster, namespace: str, web: str) -> None:
-    command = [
-        str(node_cluster.kubectl),
-        f"--kubeconfig={node_cluster.kubeconfig}",
-        f"--namespace={namespace}",
-        "port-forward",
-        "--address=127.0.0.1",
-        f"pod/{web}",
-        f":{SERVER_PORT}",
-    ]
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as forward:
-        try:
-            port = _forwarded_port(forward)
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/from-host", timeout=10) as r:
-                assert r.read().decode() == "web /from-host\n"
-        finally:
-            forward.terminate()
-            forward.wait(timeout=10)
-
-
-def _forwarded_port(forward: subprocess.Popen[str], timeout: float = 30.0) -> int:
-    """The local port from kubectl port-forward's "Forwarding from 127.0.0.1:N" line."""
-    assert forward.stdout is not None
-    seen = []
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(forward.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(timeout=deadline - time.monotonic()):
-                break
-            line = forward.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            match = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) ->", line)
-            if match:
-                return int(match.group(1))
-    pytest.fail(f"kubectl port-forward did not start: {''.join(seen)}")
+    with (
+        node_cluster.port_forward(namespace, f"pod/{web}", SERVER_PORT) as port,
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/from-host", timeout=10) as r,
+    ):
+        assert r.read().decode() == "web /from-host\n"

@@ -13,7 +13,6 @@ operator pod and keeps the CRD.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from kubernetes import client
 
 from tests.cluster.controlplane import install_kuberay_crds
 from tests.cluster.node import NodeCluster, ProductImages
-from tests.helm.binary import ensure_helm
+from tests.helm.binary import Helm
 from tests.helpers import unique_name, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -38,30 +37,6 @@ CRD = "modeldeployments.modelfleet.io"
 RELEASE = "modelfleet"
 POD_TIMEOUT = 300.0
 HELM_TIMEOUT = "300s"
-
-
-class Helm:
-    """The pinned helm binary pointed at the node cluster, with private helm state."""
-
-    def __init__(self, cluster: NodeCluster, home: Path) -> None:
-        # Repositories, cache and registry config in a temporary home: the user's own
-        # helm setup is left alone.
-        self.env = {
-            **os.environ,
-            "HELM_CACHE_HOME": str(home / "cache"),
-            "HELM_CONFIG_HOME": str(home / "config"),
-            "HELM_DATA_HOME": str(home / "data"),
-            "KUBECONFIG": str(cluster.kubeconfig),
-        }
-        self.binary = ensure_helm()
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(self.binary), *args], capture_output=True, text=True, env=self.env, timeout=600
-        )
-        if result.returncode != 0:
-            pytest.fail(f"`helm {' '.join(args)}` exited {result.returncode}:\n{result.stderr}")
-        return result
 
 
 def _operator_pods(cluster: NodeCluster, namespace: str) -> list[Any]:
@@ -170,7 +145,7 @@ def namespace(node_cluster: NodeCluster) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def helm(node_cluster: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    return Helm(node_cluster, tmp_path_factory.mktemp("helm-home"))
+    return Helm(node_cluster.kubeconfig, tmp_path_factory.mktemp("helm-home"))
 
 
 def _chart_args(images: ProductImages) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+
+import pytest
 
 from tests.cluster.controlplane import cache_root
 
@@ -139,3 +142,28 @@ def ensure_helm(root: Path | None = None) -> Path:
 
 if __name__ == "__main__":
     print(ensure_helm())
+
+
+class Helm:
+    """The pinned helm binary pointed at a cluster's kubeconfig, with private helm state."""
+
+    def __init__(self, kubeconfig: Path, home: Path) -> None:
+        # Repositories, cache and registry config in a temporary home: the user's own
+        # helm setup is left alone.
+        self.env = {
+            **os.environ,
+            "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_DATA_HOME": str(home / "data"),
+            "KUBECONFIG": str(kubeconfig),
+        }
+        self.binary = ensure_helm()
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run helm with `args`; a non-zero exit fails the test with helm's stderr."""
+        result = subprocess.run(
+            [str(self.binary), *args], capture_output=True, text=True, env=self.env, timeout=600
+        )
+        if result.returncode != 0:
+            pytest.fail(f"`helm {' '.join(args)}` exited {result.returncode}:\n{result.stderr}")
+        return result

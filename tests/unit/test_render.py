@@ -189,6 +189,34 @@ def test_head_is_cpu_only_and_autoscaling_is_in_tree() -> None:
     assert "nvidia.com/gpu" not in container(head)["resources"]["limits"]
 
 
+@pytest.mark.parametrize(
+    ("head", "requests", "limits", "ray_cpus"),
+    [
+        (None, {"cpu": "1", "memory": "4Gi"}, {"memory": "4Gi"}, "1"),
+        ({"cpu": 0.5, "memoryGiB": 3}, {"cpu": "500m", "memory": "3Gi"}, {"memory": "3Gi"}, "1"),
+        (
+            {"cpu": 4.5, "memoryGiB": 16},
+            {"cpu": "4500m", "memory": "16Gi"},
+            {"memory": "16Gi"},
+            "4",
+        ),
+    ],
+)
+def test_head_resources_come_from_the_spec_with_no_cpu_limit(
+    head: dict[str, Any] | None, requests: dict[str, str], limits: dict[str, str], ray_cpus: str
+) -> None:
+    model = md() if head is None else md(head=head)
+    group = rayservice(model)["spec"]["rayClusterConfig"]["headGroupSpec"]
+    assert container(group)["resources"] == {"requests": requests, "limits": limits}
+    # Without a CPU limit KubeRay has nothing to count Ray's CPUs from: they are stated.
+    assert group["rayStartParams"]["num-cpus"] == ray_cpus
+
+
+def test_the_autoscaler_sidecar_requests_little() -> None:
+    options = rayservice(md())["spec"]["rayClusterConfig"]["autoscalerOptions"]
+    assert options["resources"]["requests"] == {"cpu": "100m", "memory": "512Mi"}
+
+
 def test_serve_config_carries_the_serving_config() -> None:
     model = md()
     serve = yaml.safe_load(rayservice(model)["spec"]["serveConfigV2"])

@@ -388,6 +388,19 @@ class NodePoolSpec(_Spec):
     ] = 0
 
 
+class HeadSpec(_Spec):
+    """The Ray head pod: the GCS, the dashboard, the Serve controller and the front door.
+
+    It never runs an engine, so it needs no GPU; its CPU is a request without a limit
+    (it bursts into what the node has free), its memory both request and limit.
+    """
+
+    cpu: Annotated[float, Field(gt=0, description="CPU cores requested for the head pod.")] = 1.0
+    memory_gib: Annotated[
+        float, Field(alias="memoryGiB", gt=0, description="Memory of the head pod, GiB.")
+    ] = 4.0
+
+
 class AutoscalingSpec(_Spec):
     """Queue-depth autoscaling of each pool's replicas."""
 
@@ -439,6 +452,7 @@ class ModelDeploymentSpec(_Spec):
             )
         ),
     )
+    head: HeadSpec = Field(default_factory=HeadSpec, json_schema_extra=FILL_DEFAULTS)
     autoscaling: AutoscalingSpec = Field(
         default_factory=AutoscalingSpec, json_schema_extra=FILL_DEFAULTS
     )

@@ -1,0 +1,282 @@
+"""A ModelDeployment served for real: the chart's operator renders a RayService, the real
+KubeRay makes a Ray cluster of our CPU image on the node, KubeRay deploys the Serve
+application, and the OpenAI API answers from inside the cluster and through
+`kubectl port-forward`.
+
+Every status the operator reads is KubeRay's own: nothing here patches a RayService.
+`manifests/examples/tiny-cpu.yaml` is applied as a user would (`kubectl apply -f`),
+unchanged; its head and worker fit on a two-core node next to the two operators.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.cluster.node import NodeCluster, ProductImages
+from tests.helm.binary import Helm
+from tests.helpers import unique_name, wait_until
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "modelfleet"
+EXAMPLE = ROOT / "manifests" / "examples" / "tiny-cpu.yaml"
+NAME = "tiny-cpu"
+MODEL = "tiny-llama"
+SERVE_PORT = 8000
+# The Ray image is pulled once (minutes), Ray starts in two pods, KubeRay deploys the
+# Serve app, and vLLM loads the model on CPU: many minutes on a busy two-core machine.
+READY_TIMEOUT = 1800.0
+GONE_TIMEOUT = 300.0
+
+
+def _get(cluster: NodeCluster, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    result = cluster.kubectl_run(
+        "get", kind, name, f"--namespace={namespace}", "--output=json", check=False
+    )
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def _condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    for condition in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind:
+            return dict(condition)
+    return {}
+
+
+def _state(cluster: NodeCluster, namespace: str) -> str:
+    """What a person would look at when it does not come up: pods, Ray objects, events."""
+    parts = [
+        cluster.kubectl_run(*args, f"--namespace={namespace}", check=False).stdout
+        for args in (
+            ("get", "pods,rayservices,rayclusters,services", "--output=wide"),
+            ("get", "modeldeployment", NAME, "--output=jsonpath={.status}"),
+            ("get", "rayservice", NAME, "--output=jsonpath={.status}"),
+            ("get", "events", "--sort-by=.lastTimestamp"),
+        )
+    ]
+    core = client.CoreV1Api(cluster.api_client)
+    for pod in core.list_namespaced_pod(namespace).items:
+        for container in pod.spec.containers:
+            logs = cluster.kubectl_run(
+                "logs", f"--namespace={namespace}", pod.metadata.name, "-c", container.name,
+                "--tail=60", check=False,
+            )  # fmt: skip
+            parts.append(f"--- {pod.metadata.name}/{container.name}\n{logs.stdout}{logs.stderr}")
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="module")
+def namespace(kuberay_node_cluster: NodeCluster) -> Iterator[str]:
+    name = unique_name("e2e-serving")
+    kuberay_node_cluster.kubectl_run("create", "namespace", name)
+    yield name
+    kuberay_node_cluster.kubectl_run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def operator(
+    kuberay_node_cluster: NodeCluster,
+    node_images: ProductImages,
+    namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
+    """The chart with its default values, its images pointed at the ones just built."""
+    helm = Helm(kuberay_node_cluster.kubeconfig, tmp_path_factory.mktemp("helm-home"))
+    helm(
+        "install", "modelfleet", str(CHART), f"--namespace={namespace}",
+        *node_images.chart_set(), "--wait", "--timeout=300s",
+    )  # fmt: skip
+    yield
+    helm("uninstall", "modelfleet", f"--namespace={namespace}", "--wait", "--timeout=300s")
+
+
+def _apply_example(cluster: NodeCluster, namespace: str) -> Any:
+    return cluster.kubectl_run(
+        "apply", f"--filename={EXAMPLE}", f"--namespace={namespace}", check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def served(kuberay_node_cluster: NodeCluster, namespace: str, operator: None) -> Iterator[float]:
+    """The example applied with kubectl and Ready; yields the seconds from apply to Ready."""
+    cluster = kuberay_node_cluster
+    assert yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"] == NAME
+    applied = time.monotonic()
+    result = _apply_example(cluster, namespace)
+    # Right after the rollout the apiserver may not reach the webhook yet (its Service's
+    # endpoints follow the pod within a second or so); it refuses with that reason.
+    while "failed calling webhook" in result.stderr and time.monotonic() - applied < 60:
+        time.sleep(1)
+        result = _apply_example(cluster, namespace)
+    assert result.returncode == 0, result.stderr
+
+    def ready() -> bool:
+        md = _get(cluster, "modeldeployment", namespace, NAME)
+        return _condition(md, "Ready").get("status") == "True"
+
+    try:
+        wait_until(ready, f"ModelDeployment {NAME} to be Ready", timeout=READY_TIMEOUT)
+    except Exception:
+        print(_state(cluster, namespace))
+        raise
+    took = time.monotonic() - applied
+    print(f"\nkubectl apply to ModelDeployment Ready: {took:.0f} s")
+    yield took
+
+
+def test_apply_becomes_ready_from_kuberays_own_status(
+    kuberay_node_cluster: NodeCluster, namespace: str, served: float
+) -> None:
+    cluster = kuberay_node_cluster
+    md = _get(cluster, "modeldeployment", namespace, NAME)
+    service = _get(cluster, "rayservice", namespace, NAME)
+    assert md is not None and service is not None
+    # The operator's RayServiceReady mirrors KubeRay's Ready condition, which KubeRay
+    # wrote after its Serve deployment reported the application RUNNING.
+    assert _condition(service, "Ready")["status"] == "True"
+    assert _condition(md, "RayServiceReady")["status"] == "True"
+    active = service["status"]["activeServiceStatus"]
+    assert active["applicationStatuses"]["modelfleet"]["status"] == "RUNNING"
+    assert md["status"]["endpoint"] == f"http://{NAME}-openai.{namespace}.svc:{SERVE_PORT}/v1"
+    # Real pods of our image: a head and one worker of the `cpu` pool, both Ready.
+    pods = client.CoreV1Api(cluster.api_client).list_namespaced_pod(
+        namespace, label_selector=f"modelfleet.io/deployment={NAME}"
+    )
+    kinds = sorted(p.metadata.labels["ray.io/node-type"] for p in pods.items)
+    assert kinds == ["head", "worker"], kinds
+    for pod in pods.items:
+        assert pod.spec.containers[0].image.endswith("/modelfleet/modelfleet:0.1.0-cpu")
+        assert any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
+
+
+def test_the_openai_api_answers_through_port_forward(
+    kuberay_node_cluster: NodeCluster, namespace: str, served: float
+) -> None:
+    with kuberay_node_cluster.port_forward(namespace, f"svc/{NAME}-openai", SERVE_PORT) as port:
+        base = f"http://127.0.0.1:{port}/v1"
+        api = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=300)
+        assert [m.id for m in api.models.list()] == [MODEL]
+        completion = api.completions.create(model=MODEL, prompt="The sea", max_tokens=8)
+        assert completion.usage is not None and completion.usage.completion_tokens == 8
+        chat = api.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8
+        )
+        assert chat.choices[0].message.role == "assistant"
+        stream = api.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Tell a story"}],
+            max_tokens=16,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 16
+        assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1
+
+        # Bad input gets the OpenAI error shape with the right status.
+        unknown = httpx.post(
+            f"{base}/completions", json={"model": "nope", "prompt": "x"}, timeout=60
+        )
+        assert unknown.status_code == 404, unknown.text
+        assert unknown.json()["error"]["code"] == "model_not_found"
+        bad = httpx.post(
+            f"{base}/completions",
+            json={"model": MODEL, "prompt": "x", "temperature": -1},
+            timeout=60,
+        )
+        assert bad.status_code == 400, bad.text
+        assert set(bad.json()["error"]) == {"message", "type", "param", "code"}
+
+
+_STREAM_CLIENT = """
+import sys, openai
+api = openai.OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0, timeout=300)
+stream = api.chat.completions.create(
+    model=sys.argv[2], messages=[{"role": "user", "content": "Tell a story"}],
+    max_tokens=12, stream=True, stream_options={"include_usage": True},
+)
+pieces = [c for c in stream]
+print("content chunks", sum(1 for c in pieces if c.choices and c.choices[0].delta.content))
+print("completion tokens", pieces[-1].usage.completion_tokens)
+"""
+
+
+def test_a_pod_streams_a_chat_completion_from_the_service_by_its_dns_name(
+    kuberay_node_cluster: NodeCluster, node_images: ProductImages, namespace: str, served: float
+) -> None:
+    cluster = kuberay_node_cluster
+    core = client.CoreV1Api(cluster.api_client)
+    name = unique_name("openai-client")
+    url = f"http://{NAME}-openai.{namespace}.svc:{SERVE_PORT}/v1"
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "client",
+                        # The Ray image has Python and the openai client (vLLM's).
+                        "image": node_images.ray,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["python", "-c", _STREAM_CLIENT, url, MODEL],
+                        "resources": {
+                            "requests": {"cpu": "50m", "memory": "256Mi"},
+                            "limits": {"memory": "512Mi"},
+                        },
+                    }
+                ],
+            },
+        },
+    )
+
+    def finished() -> bool:
+        phase = core.read_namespaced_pod(name, namespace).status.phase
+        return phase in ("Succeeded", "Failed")
+
+    wait_until(finished, "the client pod to finish", timeout=300)
+    logs = cluster.kubectl_run("logs", f"--namespace={namespace}", name).stdout
+    assert core.read_namespaced_pod(name, namespace).status.phase == "Succeeded", logs
+    assert "completion tokens 12" in logs, logs
+    chunks = int(logs.split("content chunks ")[1].split()[0])
+    assert chunks > 1, logs
+    core.delete_namespaced_pod(name, namespace)
+
+
+def test_deleting_the_model_deployment_removes_everything_it_made(
+    kuberay_node_cluster: NodeCluster, namespace: str, served: float
+) -> None:
+    """Last in the module: it takes the deployment down."""
+    cluster = kuberay_node_cluster
+    core = client.CoreV1Api(cluster.api_client)
+    cluster.kubectl_run("delete", "modeldeployment", NAME, f"--namespace={namespace}")
+    started = time.monotonic()
+
+    def gone() -> bool:
+        ray_objects = cluster.kubectl_run(
+            "get", "rayservices,rayclusters", f"--namespace={namespace}", "--output=name",
+        ).stdout.split()  # fmt: skip
+        pods = core.list_namespaced_pod(
+            namespace, label_selector=f"modelfleet.io/deployment={NAME}"
+        ).items
+        services = [
+            s.metadata.name
+            for s in core.list_namespaced_service(namespace).items
+            if s.metadata.name.startswith(NAME)
+        ]
+        return not ray_objects and not pods and not services
+
+    wait_until(gone, "the RayService, RayCluster, pods and Services to go", timeout=GONE_TIMEOUT)
+    print(f"\nModelDeployment deleted: its Ray cluster gone in {time.monotonic() - started:.0f} s")
