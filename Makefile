@@ -11,7 +11,7 @@ serve: setup
 # The whole test suite: lint, type checks and generated files, then unit and e2e tests
 # against the real control plane, engines and Prometheus.
 test: setup lint check-generated
-	.venv/bin/python -m pytest -p no:cacheprovider
+	.venv/bin/python -m pytest -p no:cacheprovider --durations=25
 
 lint:
 	.venv/bin/ruff check .

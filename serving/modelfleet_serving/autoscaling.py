@@ -269,19 +269,44 @@ def decide_pools(pools: Sequence[PoolObservation], *, now: float) -> list[Decisi
     its maximum, and scale down only while every less preferred pool's current target
     is at its minimum. Using the current targets (not this round's) keeps the rule
     free of circularity; the cost is one control-loop tick between two pools moving.
+
+    A pool at zero replicas gets no requests (the router skips it), so its own queue
+    stays empty however full the others are; it is given the backlog the more
+    preferred pools hold beyond their target instead (`spill_over`), and starts from
+    zero once they have been full for their upscale delay.
     """
     decisions = []
     for index, pool in enumerate(pools):
         before, after = pools[:index], pools[index + 1 :]
+        queue_depth = pool.queue_depth
+        if pool.replicas == 0:
+            queue_depth = max(queue_depth, spill_over(before))
         decisions.append(
             decide(
                 pool.params,
                 pool.state,
                 now=now,
-                queue_depth=pool.queue_depth,
+                queue_depth=queue_depth,
                 replicas=pool.replicas,
                 may_scale_up=all(p.replicas >= p.params.max_replicas for p in before),
                 may_scale_down=all(p.replicas <= p.params.min_replicas for p in after),
             )
         )
     return decisions
+
+
+def spill_over(before: Sequence[PoolObservation]) -> float:
+    """The backlog the pools in `before` hold beyond their target, once every one of
+    them is at its maximum and has been over target for its upscale delay; else 0.
+
+    That is the demand the next pool would see if the router could send it requests.
+    """
+    if not before:
+        return 0.0
+    full = all(
+        p.replicas >= p.params.max_replicas and p.state.overload_s >= p.params.upscale_delay_s
+        for p in before
+    )
+    if not full:
+        return 0.0
+    return sum(max(0.0, p.queue_depth - p.params.target_queue_depth * p.replicas) for p in before)

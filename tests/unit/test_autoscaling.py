@@ -258,6 +258,70 @@ def test_a_held_pool_keeps_its_downscale_timer() -> None:
     assert b_down == 25.0 and a_down == b_down + 1
 
 
+# "z" is an overflow pool that may rest at zero replicas.
+Z = ScalingParams(
+    target_queue_depth=2, upscale_delay_s=1, downscale_delay_s=5, min_replicas=0, max_replicas=2
+)
+
+
+def run_to_zero(trace: Sequence[tuple[float, float]]) -> list[tuple[float, int, int]]:
+    """Feed (time, queue of "a") to `decide_pools` with "z" behind it; the router sends
+    "z" nothing while it has no replica, so its own queue is 0 throughout."""
+    states, replicas, out = (ScalingState(), ScalingState()), (1, 0), []
+    for now, qa in trace:
+        decisions = decide_pools(
+            [
+                PoolObservation(A, states[0], qa, replicas[0]),
+                PoolObservation(Z, states[1], 0, replicas[1]),
+            ],
+            now=now,
+        )
+        states = (decisions[0].state, decisions[1].state)
+        replicas = (decisions[0].replicas, decisions[1].replicas)
+        out.append((now, *replicas))
+    return out
+
+
+def test_an_overflow_pool_at_zero_starts_from_the_preferred_pools_backlog() -> None:
+    # "a" is overloaded: it grows to its maximum at t=1; its bucket is full again at
+    # t=2, and on the next tick "z" starts from zero for the backlog beyond "a"'s
+    # target (10 - 2×2 = 6, three replicas' worth, bounded to its maximum of 2).
+    out = run_to_zero([(float(t), 10.0) for t in range(6)])
+    assert out == [(0.0, 1, 0), (1.0, 2, 0), (2.0, 2, 0), (3.0, 2, 2), (4.0, 2, 2), (5.0, 2, 2)]
+
+
+def test_an_overflow_pool_started_from_zero_returns_to_zero_when_idle() -> None:
+    out = run_to_zero(
+        [(float(t), 10.0) for t in range(4)] + [(float(t), 0.0) for t in range(4, 30)]
+    )
+    assert out[3] == (3.0, 2, 2)
+    assert out[-1][1:] == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("queue", "expected"),
+    [
+        # Within what "a" at its maximum holds at target (2 × 2): nothing spills.
+        (3.0, 0),
+        (4.0, 0),
+        # Beyond: "z" gets what the backlog beyond "a"'s target needs, within its bounds.
+        (5.0, 1),
+        (6.0, 1),
+        (8.0, 2),
+        (40.0, 2),
+    ],
+)
+def test_spill_into_a_pool_at_zero_is_sized_on_the_excess(queue: float, expected: int) -> None:
+    out = run_to_zero([(0.0, 10.0), (1.0, 10.0)] + [(float(t), queue) for t in range(2, 8)])
+    assert out[-1][2] == expected, out
+
+
+def test_an_overflow_pool_at_zero_is_not_started_by_a_burst() -> None:
+    # "a" reaches its maximum, then one deep sample: "a"'s bucket is not full, "z" waits.
+    out = run_to_zero([(0.0, 10.0), (1.0, 10.0), (1.1, 0.0), (1.2, 40.0)])
+    assert out[-1] == (1.2, 2, 0)
+
+
 def test_the_policy_module_is_pure() -> None:
     # docs/design.md: the policy imports nothing from Ray, vLLM, Kubernetes or Kopf.
     code = (
