@@ -20,6 +20,7 @@ from typing import Any
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     429: "rate_limit_error",
     500: "server_error",
@@ -74,6 +75,11 @@ def bad_request(
 def unauthorized(message: str) -> ErrorInfo:
     """401: missing or wrong API key."""
     return ErrorInfo(401, message, "invalid_api_key")
+
+
+def forbidden(message: str) -> ErrorInfo:
+    """403: the caller may not use this endpoint."""
+    return ErrorInfo(403, message, "forbidden")
 
 
 def model_not_found(model: str, served: Sequence[str]) -> ErrorInfo:

@@ -45,7 +45,7 @@ from modelfleet_serving.errors import (
     unavailable,
 )
 from modelfleet_serving.metrics import NO_POOL, IngressMetrics
-from modelfleet_serving.replica_http import sse_error
+from modelfleet_serving.replica_http import TOKEN_HEADER, sse_error
 from modelfleet_serving.routing import PoolChoice, PoolLoad, choose_pool
 from modelfleet_serving.stats_hub import stats_hub
 from modelfleet_serving.telemetry import RUNNING, PoolSummary, ReplicaReport, summarize
@@ -102,6 +102,8 @@ class OpenAIIngress:
             [], self._pools, now=time.time(), stale_after=STALE_AFTER_S
         )
         self._replicas: dict[str, list[ReplicaReport]] = {p: [] for p in self._pools}
+        # Each replica's token, by its address: its API refuses requests without it.
+        self._tokens: dict[str, str] = {}
         # Requests this front door has sent to each replica and not finished.
         self._busy: dict[str, int] = {}
         self._skip_until: dict[str, float] = {}
@@ -138,6 +140,7 @@ class OpenAIIngress:
             if report.state == RUNNING and report.address and now - report.at <= STALE_AFTER_S:
                 replicas.setdefault(report.pool, []).append(report)
         self._replicas = replicas
+        self._tokens = {r.address: r.token for rs in replicas.values() for r in rs}
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -255,9 +258,11 @@ class OpenAIIngress:
             pool, addresses = self._candidates()
         for address in addresses[:MAX_ATTEMPTS]:
             try:
-                response = await self._session.post(
-                    address + path, data=raw, headers={"Content-Type": "application/json"}
-                )
+                headers = {
+                    "Content-Type": "application/json",
+                    TOKEN_HEADER: self._tokens.get(address, ""),
+                }
+                response = await self._session.post(address + path, data=raw, headers=headers)
                 return pool, address, response
             except aiohttp.ClientConnectionError:
                 logger.warning("LLM replica %s cannot be reached; trying another", address)

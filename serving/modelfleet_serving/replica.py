@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -101,11 +102,14 @@ class LLMServer:
         self._state = STARTING
         self._address = ""
         self._engine = create_engine(self._config)
+        # Only a front door that read it from the hub can call this replica's API.
+        self._token = secrets.token_urlsafe(32)
         self._api = ReplicaAPI(
             self._engine,
             _request_models(),
             max_queued=self._config.max_queued_requests,
             healthy=lambda: self._state == RUNNING,
+            token=self._token,
         )
         # Report from the start, so `replicas{state="starting"}` shows slow loads.
         self._reporter = asyncio.create_task(self._report_loop())
@@ -134,6 +138,7 @@ class LLMServer:
                 telemetry=self._engine.telemetry,
                 address=self._address,
                 queued=self._api.queued,
+                token=self._token,
             )
         )
 

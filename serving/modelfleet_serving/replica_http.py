@@ -12,6 +12,11 @@ a new one gets 429. The count is the replica's own, so it holds however many fro
 replicas send to it. Requests already generating are not counted: they are limited by
 the engine's batch (`maxNumSeqs`) and the KV cache, not by a queue.
 
+Only the front door may call it: each replica makes a random token at start, reports
+it to the stats hub with its address, and refuses (403) a request that does not carry
+it in `TOKEN_HEADER`. The API key check is the front door's, so without this anything
+that could reach the pod's port would skip it.
+
 When the client (the front door, on behalf of the user) disconnects, the response task
 is cancelled, which closes the engine's iterator: the engine aborts the request.
 
@@ -21,6 +26,7 @@ Pure ASGI: no Ray, and no vLLM import outside the request models the caller pass
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -34,6 +40,7 @@ from modelfleet_serving.errors import (
     ErrorInfo,
     ServingError,
     bad_request,
+    forbidden,
     from_validation_errors,
     internal,
     queue_full,
@@ -55,6 +62,8 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 JSON_HEADERS = [(b"content-type", b"application/json")]
+# The header the front door proves itself with (the replica's token, from the hub).
+TOKEN_HEADER = "x-modelfleet-replica-token"
 
 
 def sse_error(info: ErrorInfo) -> bytes:
@@ -91,7 +100,8 @@ class ReplicaAPI:
     """ASGI app: POST /v1/chat/completions and /v1/completions on one engine.
 
     `request_models` maps "chat" and "completion" to the protocol models (vLLM's);
-    `healthy` says whether the engine can take requests (503 otherwise).
+    `healthy` says whether the engine can take requests (503 otherwise); `token` is
+    what the front door must send in `TOKEN_HEADER` (403 otherwise).
     """
 
     def __init__(
@@ -101,8 +111,10 @@ class ReplicaAPI:
         *,
         max_queued: int,
         healthy: Callable[[], bool],
+        token: str,
     ) -> None:
         self._engine = engine
+        self._token = token.encode()
         self._models = request_models
         self._max_queued = max_queued
         self._healthy = healthy
@@ -116,6 +128,14 @@ class ReplicaAPI:
             return
         path = scope["path"]
         kind = "chat" if path == CHAT_PATH else "completion" if path == COMPLETION_PATH else None
+        given = dict(scope.get("headers") or ()).get(TOKEN_HEADER.encode(), b"")
+        if not hmac.compare_digest(given, self._token):
+            message = (
+                "This port answers the deployment's front door only; "
+                "send requests to the deployment's OpenAI endpoint."
+            )
+            await send_error(send, forbidden(message))
+            return
         if kind is None or scope["method"] != "POST":
             await send_error(send, ErrorInfo(404, f"Not found: {path}", "not_found"))
             return

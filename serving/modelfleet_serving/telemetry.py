@@ -212,6 +212,8 @@ class ReplicaReport:
     """Base URL of the replica's own OpenAI API (empty until the engine serves)."""
     queued: int = 0
     """Requests at the replica that have not had their first token yet."""
+    token: str = ""
+    """What the front door sends the replica's API to prove itself (replica_http.py)."""
 
 
 @dataclass

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from modelfleet_serving.errors import ServingError, bad_request
-from modelfleet_serving.replica_http import ReplicaAPI
+from modelfleet_serving.replica_http import TOKEN_HEADER, ReplicaAPI
 from pydantic import BaseModel
 
 
@@ -43,8 +43,15 @@ class Engine:
     chat = completion
 
 
+TOKEN = "front-door-token"
+
+
 async def _call(
-    api: ReplicaAPI, body: Any, *, disconnect_after: int | None = None
+    api: ReplicaAPI,
+    body: Any,
+    *,
+    disconnect_after: int | None = None,
+    token: str | None = TOKEN,
 ) -> tuple[int, bytes]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     sent: list[dict[str, Any]] = []
@@ -63,7 +70,8 @@ async def _call(
         if disconnect_after is not None and len(bodies) >= disconnect_after:
             done.set()
 
-    scope = {"type": "http", "path": "/v1/completions", "method": "POST"}
+    headers = [] if token is None else [(TOKEN_HEADER.encode(), token.encode())]
+    scope = {"type": "http", "path": "/v1/completions", "method": "POST", "headers": headers}
     await asyncio.wait_for(api(scope, receive, send), 5)
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -75,6 +83,7 @@ def _api(engine: Engine, max_queued: int = 4) -> ReplicaAPI:
         {"chat": Request, "completion": Request},
         max_queued=max_queued,
         healthy=lambda: True,
+        token=TOKEN,
     )
 
 
@@ -123,3 +132,15 @@ async def test_a_client_that_goes_away_closes_the_engine_stream() -> None:
     assert status == 200
     assert b"[DONE]" not in body
     assert engine.closed == 1
+
+
+async def test_only_the_front_door_with_the_token_is_answered() -> None:
+    engine = Engine()
+    api = _api(engine)
+    for token in (None, "", "front-door-token-but-longer", "wrong"):
+        status, body = await _call(api, {"prompt": "x", "stream": True}, token=token)
+        error = json.loads(body)["error"]
+        assert (status, error["type"], error["code"]) == (403, "permission_error", "forbidden")
+    # Refused before the engine was asked for anything.
+    assert engine.closed == 0
+    assert (await _call(api, {"prompt": "x"}))[0] == 200
