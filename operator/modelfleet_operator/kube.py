@@ -131,6 +131,15 @@ class Kube:
             "PATCH", path, body={"status": patch}, content_type="application/merge-patch+json"
         )
 
+    def pods(self, namespace: str, label_selector: str) -> list[Object]:
+        """The pods of `namespace` that match `label_selector`."""
+        answer = self._call(
+            "GET",
+            f"/api/v1/namespaces/{namespace}/pods",
+            query=[("labelSelector", label_selector)],
+        )
+        return list((answer or {}).get("items") or [])
+
     def serves(self, api_version: str, plural: str) -> bool:
         """Whether the API server serves `plural` in `api_version` (discovery, no RBAC)."""
         resources = self._call("GET", f"/apis/{api_version}")

@@ -38,6 +38,7 @@ from modelfleet_operator.hub import ShapeCache, ShapeLookup
 from modelfleet_operator.monitoring import monitoring_objects, unwanted_monitoring_children
 from modelfleet_operator.names import (
     ANNOTATION_SPEC_HASH,
+    LABEL_DEPLOYMENT,
     LABEL_MANAGED_BY,
     MANAGED_BY,
     RAY_API_VERSION,
@@ -47,7 +48,7 @@ from modelfleet_operator.names import (
 )
 from modelfleet_operator.render import render
 from modelfleet_operator.settings import Settings
-from modelfleet_operator.status import Observation, decide, status_patch
+from modelfleet_operator.status import Observation, decide, status_patch, unschedulable_pools
 
 Object = dict[str, Any]
 # What Kopf hands handlers as `logger`, passed on to `reconcile`.
@@ -80,6 +81,10 @@ class KubeIO(Protocol):
 
     def patch_status(self, namespace: str, name: str, patch: Object) -> None:
         """Merge-patch the status of a ModelDeployment."""
+        ...
+
+    def pods(self, namespace: str, label_selector: str) -> list[Object]:
+        """The pods of `namespace` that match `label_selector`."""
         ...
 
     def serves(self, api_version: str, plural: str) -> bool:
@@ -309,7 +314,10 @@ def _reconcile(ctx: Context, md_obj: Mapping[str, Any], logger: Logger, emit: Em
         return Outcome("conflict", ctx.settings.retry_delay, conflict)
 
     _remove_unwanted(ctx, md_obj, checked.md, service_monitor_crd_exists, emit)
-    done = replace(seen, ray_service=live.get(RAY_SERVICE_KIND))
+    pods = ctx.kube.pods(namespace, f"{LABEL_DEPLOYMENT}={meta['name']}")
+    done = replace(
+        seen, ray_service=live.get(RAY_SERVICE_KIND), unschedulable=unschedulable_pools(pods)
+    )
     _write_status(ctx, md_obj, done, logger)
     return Outcome("success")
 

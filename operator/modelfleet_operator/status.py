@@ -1,14 +1,15 @@
 """Decide a ModelDeployment's status from what the operator observed.
 
 `decide` maps one observation (spec problems, missing dependencies, an ownership
-conflict, the RayService as KubeRay reports it) to the whole status; `status_patch`
+conflict, the RayService as KubeRay reports it, pods the scheduler cannot place) to
+the whole status; `status_patch`
 says what to write, or that nothing changed, so the status is written only when it
 changes. Pure: no Kubernetes, Kopf or Ray imports; the clock is passed in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +21,13 @@ from modelfleet_operator.api.v1alpha1 import (
     PoolStatus,
 )
 from modelfleet_operator.capacity import CapacityFit, capacity_fit
+from modelfleet_operator.names import LABEL_POOL
 from modelfleet_operator.render import APP_NAME, endpoint, namespace_of
 
 VALIDATED = "Validated"
 CAPACITY_FITS = "CapacityFits"
 RAY_SERVICE_READY = "RayServiceReady"
+POOLS_SCHEDULABLE = "PoolsSchedulable"
 READY = "Ready"
 
 # Reasons (CamelCase, for machines) the operator itself sets.
@@ -41,6 +44,9 @@ REASON_DOES_NOT_FIT = "DoesNotFit"
 REASON_SERVING_PREVIOUS = "ServingPreviousSpec"
 # Deployed although the estimate says it does not fit (the skip annotation).
 REASON_CHECK_SKIPPED = "CheckSkipped"
+# Some worker pod of a pool cannot be placed on any node (the scheduler's reason).
+REASON_UNSCHEDULABLE = "Unschedulable"
+REASON_SCHEDULED = "Scheduled"
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,31 @@ class Observation:
     held_back: str | None = None
     # Deployed against the capacity estimate, as the skip annotation asks.
     capacity_skipped: bool = False
+    # Pool → why the scheduler cannot place its pods (unschedulable_pools).
+    unschedulable: Mapping[str, str] = field(default_factory=dict)
+
+
+def unschedulable_pools(pods: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Pool → the scheduler's message, for each pool with a pod it cannot place.
+
+    A pod counts while it is Pending with PodScheduled False for reason Unschedulable
+    (e.g. "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."). Pods without a
+    pool label (the Ray head) are not a pool's.
+    """
+    found: dict[str, str] = {}
+    for pod in pods:
+        pool = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_POOL)
+        status = pod.get("status") or {}
+        if not pool or status.get("phase") != "Pending" or pool in found:
+            continue
+        for condition in status.get("conditions") or []:
+            if (
+                condition.get("type") == "PodScheduled"
+                and condition.get("status") == "False"
+                and condition.get("reason") == "Unschedulable"
+            ):
+                found[pool] = str(condition.get("message") or "no node can run it")
+    return found
 
 
 def _previous(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -113,7 +144,11 @@ def ray_service_readiness(ray_service: Mapping[str, Any]) -> tuple[bool, str, st
     return False, REASON_WAITING, f"waiting for KubeRay to report on RayService {name}"
 
 
-def _pools(md: ModelDeployment, ray_service: Mapping[str, Any] | None) -> list[PoolStatus]:
+def _pools(
+    md: ModelDeployment,
+    ray_service: Mapping[str, Any] | None,
+    unschedulable: Mapping[str, str],
+) -> list[PoolStatus]:
     active = ((ray_service or {}).get("status") or {}).get("activeServiceStatus") or {}
     app = (active.get("applicationStatuses") or {}).get(APP_NAME) or {}
     deployments = app.get("serveDeploymentStatuses") or {}
@@ -121,16 +156,35 @@ def _pools(md: ModelDeployment, ray_service: Mapping[str, Any] | None) -> list[P
     for pool in md.spec.node_pools:
         # The serving app names each pool's Serve deployment after the pool.
         deployment = deployments.get(pool.name) or {}
+        state = deployment.get("status") or "Unknown"
+        message = deployment.get("message") or ""
+        if pool.name in unschedulable:
+            state, message = REASON_UNSCHEDULABLE, unschedulable[pool.name]
         pools.append(
             PoolStatus(
                 name=pool.name,
-                state=deployment.get("status") or "Unknown",
-                message=deployment.get("message") or "",
+                state=state,
+                message=message,
                 min_replicas=pool.min_replicas,
                 max_replicas=pool.max_replicas,
             )
         )
     return pools
+
+
+def _schedulable(
+    cond: Callable[[str, ConditionStatus, str, str], Condition], unschedulable: Mapping[str, str]
+) -> Condition:
+    if not unschedulable:
+        return cond(
+            POOLS_SCHEDULABLE, "True", REASON_SCHEDULED, "no pod of a pool is unschedulable"
+        )
+    message = "; ".join(
+        f"pool {pool}: the scheduler cannot place its pods: {why} Check the pool's "
+        "nodeSelector, tolerations and resources against the nodes"
+        for pool, why in sorted(unschedulable.items())
+    )
+    return cond(POOLS_SCHEDULABLE, "False", REASON_UNSCHEDULABLE, message)
 
 
 def _ready(
@@ -260,6 +314,7 @@ def decide(seen: Observation, previous_status: Mapping[str, Any], now: str) -> d
                 valid,
                 fits,
                 cond(RAY_SERVICE_READY, "True" if ready else "False", reason, message),
+                _schedulable(cond, seen.unschedulable),
                 _ready(cond, md, url, upgrading(seen.ray_service))
                 if ready
                 else cond(READY, "False", REASON_NOT_READY, message),
@@ -273,7 +328,7 @@ def decide(seen: Observation, previous_status: Mapping[str, Any], now: str) -> d
                 "ready_replicas": cluster.get("readyWorkerReplicas", 0),
                 "desired_replicas": cluster.get("desiredWorkerReplicas", 0),
             }
-        extra["pools"] = _pools(md, seen.ray_service)
+        extra["pools"] = _pools(md, seen.ray_service, seen.unschedulable)
     status = ModelDeploymentStatus(
         observed_generation=seen.generation, conditions=conditions, **extra
     )

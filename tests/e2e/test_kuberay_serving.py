@@ -76,6 +76,28 @@ def _state(cluster: NodeCluster, namespace: str) -> str:
     return "\n".join(parts)
 
 
+def _wait_gone(cluster: NodeCluster, namespace: str, name: str) -> None:
+    """Until the RayService, RayCluster, pods and Services of `name` are all gone."""
+    core = client.CoreV1Api(cluster.api_client)
+
+    def gone() -> bool:
+        listed = cluster.kubectl_run(
+            "get", "rayservices,rayclusters", f"--namespace={namespace}", "--output=name"
+        ).stdout.split()
+        ray_objects = [line for line in listed if line.split("/", 1)[1].startswith(name)]
+        pods = core.list_namespaced_pod(
+            namespace, label_selector=f"modelfleet.io/deployment={name}"
+        ).items
+        services = [
+            s.metadata.name
+            for s in core.list_namespaced_service(namespace).items
+            if s.metadata.name.startswith(name)
+        ]
+        return not ray_objects and not pods and not services
+
+    wait_until(gone, f"the RayService, RayCluster, pods and Services of {name} to go", GONE_TIMEOUT)
+
+
 @pytest.fixture(scope="module")
 def namespace(kuberay_node_cluster: NodeCluster) -> Iterator[str]:
     name = unique_name("e2e-serving")
@@ -258,25 +280,45 @@ def test_a_pod_streams_a_chat_completion_from_the_service_by_its_dns_name(
 def test_deleting_the_model_deployment_removes_everything_it_made(
     kuberay_node_cluster: NodeCluster, namespace: str, served: float
 ) -> None:
-    """Last in the module: it takes the deployment down."""
+    """After the tests that use it: it takes the deployment down."""
     cluster = kuberay_node_cluster
-    core = client.CoreV1Api(cluster.api_client)
     cluster.kubectl_run("delete", "modeldeployment", NAME, f"--namespace={namespace}")
     started = time.monotonic()
-
-    def gone() -> bool:
-        ray_objects = cluster.kubectl_run(
-            "get", "rayservices,rayclusters", f"--namespace={namespace}", "--output=name",
-        ).stdout.split()  # fmt: skip
-        pods = core.list_namespaced_pod(
-            namespace, label_selector=f"modelfleet.io/deployment={NAME}"
-        ).items
-        services = [
-            s.metadata.name
-            for s in core.list_namespaced_service(namespace).items
-            if s.metadata.name.startswith(NAME)
-        ]
-        return not ray_objects and not pods and not services
-
-    wait_until(gone, "the RayService, RayCluster, pods and Services to go", timeout=GONE_TIMEOUT)
+    _wait_gone(cluster, namespace, NAME)
     print(f"\nModelDeployment deleted: its Ray cluster gone in {time.monotonic() - started:.0f} s")
+
+
+def test_a_pool_no_node_can_take_says_so(
+    kuberay_node_cluster: NodeCluster, namespace: str, served: float
+) -> None:
+    """After the deletion above: a pool whose nodeSelector matches no node. The real
+    scheduler leaves its worker pod Pending; the ModelDeployment names the pool and the
+    scheduler's reason instead of waiting silently."""
+    cluster = kuberay_node_cluster
+    document = yaml.safe_load(EXAMPLE.read_text())
+    name = "unplaceable"
+    document["metadata"] = {"name": name, "namespace": namespace}
+    document["spec"]["nodePools"][0]["nodeSelector"] = {"example.com/accelerator": "none-here"}
+    result = cluster.kubectl_run("apply", "--filename=-", input=json.dumps(document), check=False)
+    assert result.returncode == 0, result.stderr
+
+    def reported() -> dict[str, Any] | None:
+        md = _get(cluster, "modeldeployment", namespace, name)
+        condition = _condition(md, "PoolsSchedulable")
+        return condition if condition.get("status") == "False" else None
+
+    # The operator looks at the pods on every reconciliation: on KubeRay's status
+    # updates, and at the latest on its drift check (every 60 s).
+    wait_until(lambda: reported() is not None, "PoolsSchedulable to turn False", timeout=300)
+    condition = reported()
+    assert condition is not None
+    print(f"\nPoolsSchedulable: {condition['message']}")
+    assert condition["reason"] == "Unschedulable"
+    assert condition["message"].startswith("pool cpu: the scheduler cannot place its pods: ")
+    assert "node affinity/selector" in condition["message"]
+    md = _get(cluster, "modeldeployment", namespace, name)
+    assert md is not None
+    [pool] = md["status"]["pools"]
+    assert pool["state"] == "Unschedulable"
+    cluster.kubectl_run("delete", "modeldeployment", name, f"--namespace={namespace}")
+    _wait_gone(cluster, namespace, name)

@@ -701,6 +701,8 @@ CAN = [
     # Monitoring children that the spec turns off are removed. (ServiceMonitors too,
     # but `kubectl auth can-i` answers "no" for a kind whose CRD is not installed.)
     ("delete", "configmaps"),
+    # The Ray pods, to report a pool the scheduler cannot place.
+    ("list", "pods"),
 ]
 CANNOT = [
     ("delete", "rayservices.ray.io"),
@@ -709,7 +711,8 @@ CANNOT = [
     ("update", "modeldeployments.modelfleet.io"),
     ("create", "modeldeployments.modelfleet.io"),
     ("get", "secrets"),
-    ("list", "pods"),
+    ("get", "pods"),
+    ("delete", "pods"),
     ("create", "deployments.apps"),
 ]
 

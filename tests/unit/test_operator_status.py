@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from modelfleet_operator.api.v1alpha1 import ModelDeployment
-from modelfleet_operator.status import Observation, decide, status_patch
+from modelfleet_operator.status import Observation, decide, status_patch, unschedulable_pools
 
 NOW = "2026-01-01T00:00:10Z"
 BEFORE = "2026-01-01T00:00:00Z"
@@ -94,6 +94,7 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
                 "Validated": ("True", "Valid"),
                 "CapacityFits": ("Unknown", "UnknownModel"),
                 "RayServiceReady": ("False", "WaitingForKubeRay"),
+                "PoolsSchedulable": ("True", "Scheduled"),
                 "Ready": ("False", "RayServiceNotReady"),
             },
         ),
@@ -103,6 +104,7 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
                 "Validated": ("True", "Valid"),
                 "CapacityFits": ("Unknown", "UnknownModel"),
                 "RayServiceReady": ("False", "ZeroServeEndpoints"),
+                "PoolsSchedulable": ("True", "Scheduled"),
                 "Ready": ("False", "RayServiceNotReady"),
             },
         ),
@@ -112,7 +114,24 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
                 "Validated": ("True", "Valid"),
                 "CapacityFits": ("Unknown", "UnknownModel"),
                 "RayServiceReady": ("True", "NonZeroServeEndpoints"),
+                "PoolsSchedulable": ("True", "Scheduled"),
                 "Ready": ("True", "Serving"),
+            },
+        ),
+        (
+            Observation(
+                generation=3,
+                md=MD,
+                namespace="ns",
+                ray_service=ray_service(False),
+                unschedulable={"b": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."},
+            ),
+            {
+                "Validated": ("True", "Valid"),
+                "CapacityFits": ("Unknown", "UnknownModel"),
+                "RayServiceReady": ("False", "ZeroServeEndpoints"),
+                "PoolsSchedulable": ("False", "Unschedulable"),
+                "Ready": ("False", "RayServiceNotReady"),
             },
         ),
     ],
@@ -170,6 +189,7 @@ def test_transition_time_kept_while_status_unchanged() -> None:
         "Validated": BEFORE,
         "CapacityFits": BEFORE,
         "RayServiceReady": NOW,
+        "PoolsSchedulable": BEFORE,
         "Ready": NOW,
     }
 
@@ -217,3 +237,59 @@ def test_status_patch_removes_what_no_longer_applies() -> None:
     assert patch["endpoint"] is None
     assert patch["readyReplicas"] is None
     assert patch["observedGeneration"] == 2
+
+
+def _pod(pool: str | None, phase: str, *conditions: dict[str, str]) -> dict[str, Any]:
+    labels = {"modelfleet.io/deployment": "m"} | ({"modelfleet.io/pool": pool} if pool else {})
+    return {
+        "metadata": {"labels": labels},
+        "status": {"phase": phase, "conditions": list(conditions)},
+    }
+
+
+UNSCHEDULABLE = {
+    "type": "PodScheduled",
+    "status": "False",
+    "reason": "Unschedulable",
+    "message": "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.",
+}
+
+
+@pytest.mark.parametrize(
+    ("pods", "expected"),
+    [
+        ([], {}),
+        # Placed, or not yet looked at by the scheduler: nothing to report.
+        ([_pod("a", "Running", {"type": "PodScheduled", "status": "True"})], {}),
+        ([_pod("a", "Pending")], {}),
+        ([_pod("a", "Pending", {**UNSCHEDULABLE, "reason": "SchedulingGated"})], {}),
+        # The head has no pool: not a pool's problem (the condition is about pools).
+        ([_pod(None, "Pending", UNSCHEDULABLE)], {}),
+        ([_pod("b", "Pending", UNSCHEDULABLE)], {"b": UNSCHEDULABLE["message"]}),
+        # One message per pool, however many of its pods wait.
+        (
+            [_pod("b", "Pending", UNSCHEDULABLE), _pod("b", "Pending", UNSCHEDULABLE)],
+            {"b": UNSCHEDULABLE["message"]},
+        ),
+    ],
+)
+def test_unschedulable_pools(pods: list[dict[str, Any]], expected: dict[str, str]) -> None:
+    assert unschedulable_pools(pods) == expected
+
+
+def test_an_unschedulable_pool_is_named_with_the_schedulers_reason() -> None:
+    why = UNSCHEDULABLE["message"]
+    seen = Observation(
+        generation=1,
+        md=MD,
+        namespace="ns",
+        ray_service=ray_service(False),
+        unschedulable={"b": why},
+    )
+    status = decide(seen, {}, NOW)
+    (condition,) = [c for c in status["conditions"] if c["type"] == "PoolsSchedulable"]
+    assert condition["message"].startswith(f"pool b: the scheduler cannot place its pods: {why}")
+    assert "nodeSelector" in condition["message"]
+    pools = {p["name"]: p for p in status["pools"]}
+    assert (pools["b"]["state"], pools["b"]["message"]) == ("Unschedulable", why)
+    assert pools["a"]["state"] != "Unschedulable"

@@ -81,6 +81,7 @@ class FakeKube:
     calls: list[tuple[str, Key]] = field(default_factory=list)
     status_writes: list[Object] = field(default_factory=list)
     missing: str | None = None
+    pod_list: list[Object] = field(default_factory=list)
     served: set[tuple[str, str]] = field(
         default_factory=lambda: {(SERVICE_MONITOR_API_VERSION, SERVICE_MONITOR_PLURAL)}
     )
@@ -144,6 +145,15 @@ class FakeKube:
         self.calls.append(("patch_status", key))
         self.status_writes.append(copy.deepcopy(patch))
         _merge(self.objects[key].setdefault("status", {}), patch)
+
+    def pods(self, namespace: str, label_selector: str) -> list[Object]:
+        key, _, value = label_selector.partition("=")
+        self.calls.append(("pods", ("v1", "Pod", namespace, label_selector)))
+        return [
+            copy.deepcopy(pod)
+            for pod in self.pod_list
+            if (pod["metadata"].get("labels") or {}).get(key) == value
+        ]
 
     def serves(self, api_version: str, plural: str) -> bool:
         return (api_version, plural) in self.served
@@ -616,3 +626,36 @@ def test_cpu_pools_never_ask_for_the_models_shape() -> None:
     ctx.shapes = never
     outcome, _ = run(ctx)
     assert outcome == Outcome("success")
+
+
+def test_a_pool_whose_pods_cannot_be_placed_is_reported_and_then_cleared() -> None:
+    kube, ctx = settled(model_deployment())
+    pool = model_deployment()["spec"]["nodePools"][0]["name"]
+    pending = {
+        "metadata": {
+            "name": "w",
+            "labels": {"modelfleet.io/deployment": NAME, "modelfleet.io/pool": pool},
+        },
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes are available: 1 Insufficient cpu.",
+                }
+            ],
+        },
+    }
+    # Another deployment's pod is not this one's business.
+    other = {"metadata": {"name": "o", "labels": {"modelfleet.io/deployment": "other"}}}
+    kube.pod_list = [pending, other]
+    run(ctx)
+    assert status_reason(kube, "PoolsSchedulable") == "Unschedulable"
+    assert len(kube.status_writes) == 1
+    # The pod is placed: the next reconciliation clears the condition.
+    kube.pod_list = []
+    run(ctx)
+    assert status_reason(kube, "PoolsSchedulable") == "Scheduled"
+    assert len(kube.status_writes) == 2

@@ -477,7 +477,9 @@ class Condition(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
 
-    type: str = Field(description="Validated, CapacityFits, RayServiceReady or Ready.")
+    type: str = Field(
+        description="Validated, CapacityFits, RayServiceReady, PoolsSchedulable or Ready."
+    )
     status: ConditionStatus
     reason: str = Field(description="CamelCase word for machines.")
     message: str = Field(default="", description="What happened and what to do, for people.")
