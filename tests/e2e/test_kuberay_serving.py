@@ -153,7 +153,11 @@ def served(kuberay_node_cluster: NodeCluster, namespace: str, operator: None) ->
         print(_state(cluster, namespace))
         raise
     took = time.monotonic() - applied
-    print(f"\nkubectl apply to ModelDeployment Ready: {took:.0f} s")
+    print(
+        f"\nkubectl apply to ModelDeployment Ready: {took:.0f} s; node cluster "
+        f"{cluster.rss_bytes() / 2**30:.2f} GiB resident with both operators, the Ray head "
+        "and the worker"
+    )
     yield took
 
 
