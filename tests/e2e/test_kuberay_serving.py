@@ -1,7 +1,7 @@
 """A ModelDeployment served for real: the chart's operator renders a RayService, the real
-KubeRay makes a Ray cluster of our CPU image on the node, KubeRay deploys the Serve
-application, and the OpenAI API answers from inside the cluster and through
-`kubectl port-forward`.
+KubeRay makes a Ray cluster of our CPU image on the node (the kubelet pulls the 7.6 GB
+image from the node's registry the first time), KubeRay deploys the Serve application,
+and the OpenAI API answers from inside the cluster and through `kubectl port-forward`.
 
 Every status the operator reads is KubeRay's own: nothing here patches a RayService.
 `manifests/examples/tiny-cpu.yaml` is applied as a user would (`kubectl apply -f`),
@@ -11,6 +11,7 @@ unchanged; its head and worker fit on a two-core node next to the two operators.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from tests.cluster import kuberay
 from tests.cluster.node import NodeCluster, ProductImages
 from tests.helm.binary import Helm
 from tests.helpers import unique_name, wait_until
@@ -45,6 +47,17 @@ def _get(cluster: NodeCluster, kind: str, namespace: str, name: str) -> dict[str
         "get", kind, name, f"--namespace={namespace}", "--output=json", check=False
     )
     return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def _pulled(cluster: NodeCluster, namespace: str, pod: str) -> str:
+    """How long the kubelet took to pull the pod's image, from its Pulled event."""
+    events = cluster.kubectl_run(
+        "get", "events", f"--namespace={namespace}",
+        f"--field-selector=involvedObject.name={pod}", "--output=json",
+    ).stdout  # fmt: skip
+    pulled = [e["message"] for e in json.loads(events)["items"] if e.get("reason") == "Pulled"]
+    took = re.search(r" in (\S+?)(?: \(| including|$)", pulled[0]) if pulled else None
+    return f"image pulled in {took.group(1)}" if took else "image already present"
 
 
 def _condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
@@ -161,6 +174,16 @@ def served(kuberay_node_cluster: NodeCluster, namespace: str, operator: None) ->
     yield took
 
 
+def test_the_kuberay_operator_runs_as_a_pod(kuberay_node_cluster: NodeCluster) -> None:
+    """Installed by `tests/cluster/up --node` and the fixture from its own manifests."""
+    pods = client.CoreV1Api(kuberay_node_cluster.api_client).list_namespaced_pod(
+        kuberay.NAMESPACE, label_selector="app.kubernetes.io/name=kuberay"
+    )
+    [pod] = pods.items
+    assert pod.spec.containers[0].image.endswith(f"/{kuberay.IMAGE_REPOSITORY}:v1.5.0")
+    assert any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
+
+
 def test_apply_becomes_ready_from_kuberays_own_status(
     kuberay_node_cluster: NodeCluster, namespace: str, served: float
 ) -> None:
@@ -182,8 +205,17 @@ def test_apply_becomes_ready_from_kuberays_own_status(
     kinds = sorted(p.metadata.labels["ray.io/node-type"] for p in pods.items)
     assert kinds == ["head", "worker"], kinds
     for pod in pods.items:
-        assert pod.spec.containers[0].image.endswith("/modelfleet/modelfleet:0.1.0-cpu")
+        container = pod.spec.containers[0]
+        assert container.image.endswith("/modelfleet/modelfleet:0.1.0-cpu")
         assert any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
+        # KubeRay gave each container its `ray start` command and its wget probes, which
+        # the image answers; they run as the image's user, 1000.
+        assert "ray start" in " ".join(container.args or container.command)
+        assert "wget" in " ".join(container.readiness_probe._exec.command)
+        exec_in = ["exec", f"--namespace={namespace}", pod.metadata.name, "-c", container.name]
+        assert cluster.kubectl_run(*exec_in, "--", "id", "-u").stdout.strip() == "1000"
+    head = next(p for p in pods.items if p.metadata.labels["ray.io/node-type"] == "head")
+    print(f"\nRay head pod: {_pulled(cluster, namespace, head.metadata.name)}")
 
 
 def test_the_openai_api_answers_through_port_forward(
