@@ -26,7 +26,7 @@ from kubernetes import client
 from tests.cluster import kuberay
 from tests.cluster.node import NodeCluster, ProductImages
 from tests.helm.binary import Helm
-from tests.helpers import unique_name, wait_until
+from tests.helpers import unique_name, wait_for, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -311,6 +311,75 @@ def test_a_pod_streams_a_chat_completion_from_the_service_by_its_dns_name(
     chunks = int(logs.split("content chunks ")[1].split()[0])
     assert chunks > 1, logs
     core.delete_namespaced_pod(name, namespace)
+
+
+def _head_pod(cluster: NodeCluster, namespace: str) -> str:
+    core = client.CoreV1Api(cluster.api_client)
+    selector = f"modelfleet.io/deployment={NAME},ray.io/node-type=head"
+    [head] = core.list_namespaced_pod(namespace, label_selector=selector).items
+    return str(head.metadata.name)
+
+
+def _serve_application(dashboard: str) -> dict[str, Any] | None:
+    """The application as the Ray dashboard on the head reports it (Serve's REST API)."""
+    try:
+        answer = httpx.get(f"{dashboard}/api/serve/applications/", timeout=60)
+        answer.raise_for_status()
+        application: dict[str, Any] = answer.json()["applications"]["modelfleet"]
+    except (httpx.HTTPError, KeyError, ValueError):
+        return None
+    return application
+
+
+def test_a_serve_level_change_is_applied_in_place(
+    kuberay_node_cluster: NodeCluster, namespace: str, served: float
+) -> None:
+    """maxNumSeqs and the autoscaling target live in serveConfigV2 only: KubeRay hands
+    the new config to the running Ray cluster, no pod is recreated, and the endpoint
+    serves again once Serve has restarted the replica with the new engine settings."""
+    cluster = kuberay_node_cluster
+    core = client.CoreV1Api(cluster.api_client)
+    selector = f"modelfleet.io/deployment={NAME}"
+    before = {
+        p.metadata.uid for p in core.list_namespaced_pod(namespace, label_selector=selector).items
+    }
+    change = {"spec": {"engine": {"maxNumSeqs": 16}, "autoscaling": {"targetQueueDepth": 4}}}
+    started = time.monotonic()
+    cluster.kubectl_run(
+        "patch", "modeldeployment", NAME, f"--namespace={namespace}", "--type=merge",
+        f"--patch={json.dumps(change)}",
+    )  # fmt: skip
+
+    def applied(dashboard: str) -> bool | None:
+        application = _serve_application(dashboard)
+        if application is None or application["status"] != "RUNNING":
+            return None
+        config = application["deployed_app_config"]["args"]["config"]
+        new = (config["engine"]["max_num_seqs"], config["autoscaling"]["target_queue_depth"])
+        return new == (16, 4) or None
+
+    with cluster.port_forward(namespace, f"pod/{_head_pod(cluster, namespace)}", 8265) as port:
+        dashboard = f"http://127.0.0.1:{port}"
+        wait_for(lambda: applied(dashboard), "Ray Serve to run the new config", 900, interval=3)
+    wait_until(
+        lambda: (
+            _condition(_get(cluster, "modeldeployment", namespace, NAME), "Ready").get("status")
+            == "True"
+        ),
+        "the ModelDeployment to be Ready again",
+        timeout=600,
+    )
+    print(f"\nServe-level change applied in place in {time.monotonic() - started:.0f} s")
+    after = {
+        p.metadata.uid for p in core.list_namespaced_pod(namespace, label_selector=selector).items
+    }
+    assert after == before, "a Serve-level change recreated pods"
+    with cluster.port_forward(namespace, f"svc/{NAME}-openai", SERVE_PORT) as port:
+        api = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=300
+        )
+        completion = api.completions.create(model=MODEL, prompt="The sea", max_tokens=4)
+        assert completion.usage is not None and completion.usage.completion_tokens == 4
 
 
 def test_deleting_the_model_deployment_removes_everything_it_made(
