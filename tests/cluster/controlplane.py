@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import yaml
 from cryptography import x509
@@ -447,7 +447,70 @@ def apiserver_security_flags(files: Mapping[str, Path]) -> list[str]:
     ]
 
 
-class ControlPlane:
+class TestCluster:
+    """What the apiserver-only control plane and the node cluster share: a temporary
+    directory, an admin API client and kubectl, valid between start() and stop(), and
+    use as a context manager (started on entry, stopped on exit)."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    # Set by start(); reading them earlier is a programming error.
+    kubeconfig: Path
+    kubectl: Path
+    server: str
+    _dir: Path | None = None
+    _api_client: k8s_client.ApiClient | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    @property
+    def dir(self) -> Path:
+        """The temporary directory of this cluster."""
+        assert self._dir is not None, f"the {type(self).__name__} is not started"
+        return self._dir
+
+    @property
+    def api_client(self) -> k8s_client.ApiClient:
+        """A ``kubernetes.client.ApiClient`` for the admin user."""
+        assert self._api_client is not None, f"the {type(self).__name__} is not started"
+        return self._api_client
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def kubectl_run(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = KUBECTL_TIMEOUT,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl as the admin user; see :func:`run_kubectl`."""
+        return run_kubectl(
+            self.kubectl,
+            self.kubeconfig,
+            *args,
+            input=input,
+            check=check,
+            timeout=timeout,
+            cache_dir=self.dir / "kubectl-cache",
+        )
+
+
+class ControlPlane(TestCluster):
     """etcd + kube-apiserver + kube-controller-manager on 127.0.0.1, as a context manager.
 
     Everything lives in a temporary directory (data, certificates, kubeconfigs and one log
@@ -466,34 +529,6 @@ class ControlPlane:
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._dir: Path | None = None
         self._api_client: k8s_client.ApiClient | None = None
-
-    # The attributes below are set by start(); reading them earlier is a programming error.
-    kubeconfig: Path
-    kubectl: Path
-    server: str
-
-    @property
-    def dir(self) -> Path:
-        """The temporary directory of this control plane."""
-        assert self._dir is not None, "the control plane is not started"
-        return self._dir
-
-    @property
-    def api_client(self) -> k8s_client.ApiClient:
-        assert self._api_client is not None, "the control plane is not started"
-        return self._api_client
-
-    def __enter__(self) -> ControlPlane:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start the three components and wait until each is healthy.
@@ -718,24 +753,6 @@ class ControlPlane:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
-
-    def kubectl_run(
-        self,
-        *args: str,
-        input: str | None = None,
-        check: bool = True,
-        timeout: float = KUBECTL_TIMEOUT,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run kubectl as the admin user; see :func:`run_kubectl`."""
-        return run_kubectl(
-            self.kubectl,
-            self.kubeconfig,
-            *args,
-            input=input,
-            check=check,
-            timeout=timeout,
-            cache_dir=self.dir / "kubectl-cache",
-        )
 
 
 # ------------------------------------------------------------------------------ KubeRay

@@ -52,7 +52,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 import yaml
@@ -66,11 +65,11 @@ from images.build import RECIPES, Builder
 from images.registry import Registry
 from tests.cluster.controlplane import (
     GOMOD_DIR,
-    KUBECTL_TIMEOUT,
     KUBERNETES_MODULE,
     READY_TIMEOUT,
     CertificateAuthority,
     ControlPlaneError,
+    TestCluster,
     _go_build,
     _interrupt_on_signals,
     _key_pem,
@@ -83,7 +82,6 @@ from tests.cluster.controlplane import (
     cache_root,
     ensure_binaries,
     module_version,
-    run_kubectl,
     stop_group,
 )
 
@@ -756,7 +754,7 @@ class _Forwarder:
 # -------------------------------------------------------------------------- the cluster
 
 
-class NodeCluster:
+class NodeCluster(TestCluster):
     """A one-node cluster whose pods run as real containers, as a context manager.
 
     Attributes, valid inside the ``with`` block:
@@ -802,37 +800,10 @@ class NodeCluster:
         self.leftovers: list[str] = []
         self.node_name = NODE_NAME
 
-    # Set by start(); reading them earlier is a programming error.
-    kubeconfig: Path
-    kubectl: Path
-    server: str
+    # Set by start(), beside TestCluster's; reading them earlier is a programming error.
     images: NodeImages
     _files: dict[str, Path]
     _ctr: list[str]
-
-    @property
-    def dir(self) -> Path:
-        """The temporary directory of this cluster."""
-        assert self._dir is not None, "the node cluster is not started"
-        return self._dir
-
-    @property
-    def api_client(self) -> k8s_client.ApiClient:
-        """A ``kubernetes.client.ApiClient`` for the admin user."""
-        assert self._api_client is not None, "the node cluster is not started"
-        return self._api_client
-
-    def __enter__(self) -> NodeCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------------ start
 
@@ -1596,24 +1567,6 @@ disabled_plugins = [
     def image_names(self) -> list[str]:
         """The names of the images in the node's containerd (CRI namespace)."""
         return self._ctr_run("images", "list", "--quiet").stdout.split()
-
-    def kubectl_run(
-        self,
-        *args: str,
-        input: str | None = None,
-        check: bool = True,
-        timeout: float = KUBECTL_TIMEOUT,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run kubectl as the admin user; see :func:`run_kubectl`."""
-        return run_kubectl(
-            self.kubectl,
-            self.kubeconfig,
-            *args,
-            input=input,
-            check=check,
-            timeout=timeout,
-            cache_dir=self.dir / "kubectl-cache",
-        )
 
     @contextlib.contextmanager
     def port_forward(self, namespace: str, target: str, port: int) -> Iterator[int]:
