@@ -133,6 +133,63 @@ async def _running_gauge(client: httpx.AsyncClient, base: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+async def _generated_tokens(client: httpx.AsyncClient, base: str) -> float:
+    text = (await client.get(f"{base}/metrics")).text
+    pattern = rf'^{GENERATION_TOKENS_TOTAL}\{{[^}}]*pool="cpu"[^}}]*\}} (\S+)'
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
+async def test_a_client_that_goes_away_stops_the_engine(tiny_cpu_serve: str) -> None:
+    """Streams cut after their first chunks: the engine stops generating for them (the
+    front door closes its connection to the replica, the replica aborts the request),
+    so the engine's token counter stops far short of what the streams asked for."""
+    base, streams, max_tokens = tiny_cpu_serve, 4, 480
+    body = {
+        "model": MODEL,
+        "prompt": "Write a long story about the sea",
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    async with httpx.AsyncClient(timeout=300) as client:
+        # Nothing else runs now: wait for a quiet engine, then note its counter.
+        deadline = time.monotonic() + 60
+        while await _running_gauge(client, base) > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        before = await _generated_tokens(client, base)
+
+        async def cut_short() -> None:
+            async with (
+                httpx.AsyncClient(timeout=300) as own,
+                own.stream("POST", f"{base}/v1/completions", json=body) as response,
+            ):
+                assert response.status_code == 200
+                seen = 0
+                async for line in response.aiter_lines():
+                    seen += line.startswith("data: {")
+                    if seen == 3:
+                        break
+            # Leaving the block closes the connection mid-stream.
+
+        await asyncio.gather(*(cut_short() for _ in range(streams)))
+        cut = time.monotonic()
+        while await _running_gauge(client, base) > 0:
+            assert time.monotonic() - cut < 30, "the engine still runs the abandoned streams"
+            await asyncio.sleep(0.25)
+        idle_after = time.monotonic() - cut
+        # Replicas report every half second: two more reports, then the counter holds.
+        await asyncio.sleep(1.5)
+        after = await _generated_tokens(client, base)
+        await asyncio.sleep(1.5)
+        assert await _generated_tokens(client, base) == after, "generation went on"
+    generated = after - before
+    print(
+        f"\n{streams} streams cut after 3 chunks: {generated:.0f} tokens generated of "
+        f"{streams * max_tokens} asked for, engine idle {idle_after:.1f} s later"
+    )
+    assert generated < max_tokens, generated
+
+
 async def test_sixteen_concurrent_streams_are_batched(tiny_cpu_serve: str) -> None:
     base = tiny_cpu_serve
     body = {
