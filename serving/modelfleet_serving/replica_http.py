@@ -169,11 +169,22 @@ class ReplicaAPI:
         except ServingError as e:
             await send_error(send, e.info)
             return
+        # Counted as queued at once, in the same step as the check: requests that arrive
+        # together must not all pass the check before any of them is counted.
+        self.queued += 1
+        counted = True
+
+        def first_chunk() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self.queued -= 1
+
         call = self._engine.chat if kind == "chat" else self._engine.completion
         items = call(request)
         # The response runs as a task of its own so that a disconnect, seen by
         # `receive`, can cancel it; cancelling closes `items` and the engine aborts.
-        respond = asyncio.ensure_future(self._respond(items, send))
+        respond = asyncio.ensure_future(self._respond(items, send, first_chunk))
         watch = asyncio.ensure_future(_wait_disconnect(receive))
         try:
             await asyncio.wait((respond, watch), return_when=asyncio.FIRST_COMPLETED)
@@ -183,17 +194,20 @@ class ReplicaAPI:
                 respond.cancel()
                 # Let the cancellation reach the engine before this request ends.
                 await asyncio.gather(respond, return_exceptions=True)
+            # A response cancelled before it began never saw a chunk: uncount it here.
+            first_chunk()
         if respond.done() and not respond.cancelled() and respond.exception() is not None:
             logger.warning("response failed", exc_info=respond.exception())
 
-    async def _respond(self, items: AsyncIterator[EngineItem], send: Send) -> None:
-        self.queued += 1
+    async def _respond(
+        self, items: AsyncIterator[EngineItem], send: Send, first_chunk: Callable[[], None]
+    ) -> None:
         async with aclosing(items):  # type: ignore[type-var]
             try:
                 try:
                     first = await items.__anext__()
                 finally:
-                    self.queued -= 1
+                    first_chunk()
             except StopAsyncIteration:
                 await send_error(send, internal("the engine returned no response"))
                 return

@@ -144,3 +144,18 @@ async def test_only_the_front_door_with_the_token_is_answered() -> None:
     # Refused before the engine was asked for anything.
     assert engine.closed == 0
     assert (await _call(api, {"prompt": "x"}))[0] == 200
+
+
+async def test_requests_arriving_together_are_counted_before_the_next_is_checked() -> None:
+    # All at once, with no pause between them: each must be counted as queued in the
+    # same step as its check, or all of them would pass the limit together.
+    engine = Engine()
+    engine.gate.clear()
+    api = _api(engine, max_queued=2)
+    calls = [asyncio.ensure_future(_call(api, {"prompt": "x", "stream": True})) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    assert api.queued == 2
+    engine.gate.set()
+    statuses = sorted(s for s, _ in await asyncio.gather(*calls))
+    assert statuses == [200, 200, 429, 429, 429]
+    assert api.queued == 0 and api.streams == 0
