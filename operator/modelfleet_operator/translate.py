@@ -20,6 +20,7 @@ from modelfleet_serving.config import (
     EngineKind,
     ModelConfig,
     PoolConfig,
+    RoutingPolicy,
     ServingConfig,
     TritonConfig,
 )
@@ -151,5 +152,6 @@ def serving_config(md: ModelDeployment, *, in_cluster: bool) -> ServingConfig:
         ),
         max_queued_requests=spec.serving.max_queued_requests,
         request_timeout_s=spec.serving.request_timeout_seconds,
+        routing=RoutingPolicy(spec.serving.routing.value),
         api_keys_env=DEFAULT_API_KEYS_ENV if spec.serving.api_key_secret_ref else None,
     )

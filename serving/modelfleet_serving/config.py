@@ -39,6 +39,13 @@ class EngineKind(StrEnum):
     TRITON = "triton"
 
 
+class RoutingPolicy(StrEnum):
+    """How the front door orders the replicas of a pool (routing.py)."""
+
+    PREFIX_AWARE = "prefix-aware"
+    LEAST_LOADED = "least-loaded"
+
+
 class ModelConfig(_Frozen):
     """Where the weights come from and the name clients use for them."""
 
@@ -142,6 +149,7 @@ class ServingConfig(_Frozen):
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     max_queued_requests: Annotated[int, Field(gt=0)] = 256
     request_timeout_s: Annotated[float, Field(gt=0)] = 600
+    routing: RoutingPolicy = RoutingPolicy.PREFIX_AWARE
     api_keys_env: str | None = Field(
         default=None,
         description="Environment variable holding accepted API keys; None disables keys.",

@@ -7,7 +7,9 @@
 
 The front door checks what needs the deployment's context (the key, the served
 name, the cheap field checks), picks a pool in preference order with spill-over
-(routing.py), then the least busy replica of that pool, and relays the replica's
+(routing.py), then a replica of that pool by the deployment's routing policy (by
+default the one whose prefix cache likely holds the prompt's beginning, within a
+bound on its load), and relays the replica's
 response bytes as they arrive: one read and one write per chunk, no parsing. A
 replica that cannot be reached is skipped for a while and the next one is tried;
 with none left the answer is 503.
@@ -46,7 +48,13 @@ from modelfleet_serving.errors import (
 )
 from modelfleet_serving.metrics import NO_POOL, IngressMetrics
 from modelfleet_serving.replica_http import TOKEN_HEADER, sse_error
-from modelfleet_serving.routing import PoolChoice, PoolLoad, choose_pool
+from modelfleet_serving.routing import (
+    PoolChoice,
+    PoolLoad,
+    choose_pool,
+    order_replicas,
+    prompt_prefix,
+)
 from modelfleet_serving.stats_hub import stats_hub
 from modelfleet_serving.telemetry import RUNNING, PoolSummary, ReplicaReport, summarize
 from modelfleet_serving.validation import Limits, check_chat, check_completion, check_model
@@ -102,11 +110,10 @@ class OpenAIIngress:
             [], self._pools, now=time.time(), stale_after=STALE_AFTER_S
         )
         self._replicas: dict[str, list[ReplicaReport]] = {p: [] for p in self._pools}
-        # Each replica's token, by its address: its API refuses requests without it.
-        self._tokens: dict[str, str] = {}
         # Requests this front door has sent to each replica and not finished.
         self._busy: dict[str, int] = {}
         self._skip_until: dict[str, float] = {}
+        self._rng = random.Random()
         self._metrics = IngressMetrics(
             self._config.model.served_name,
             lambda: self._summaries,
@@ -140,7 +147,6 @@ class OpenAIIngress:
             if report.state == RUNNING and report.address and now - report.at <= STALE_AFTER_S:
                 replicas.setdefault(report.pool, []).append(report)
         self._replicas = replicas
-        self._tokens = {r.address: r.token for rs in replicas.values() for r in rs}
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -163,8 +169,8 @@ class OpenAIIngress:
         if not any(matches):
             raise ServingError(unauthorized("Invalid API key."))
 
-    def _candidates(self) -> tuple[str, list[str]]:
-        """The pool to use and its replicas' addresses, least busy first."""
+    def _candidates(self, prefix: str) -> tuple[str, list[ReplicaReport]]:
+        """The pool to use and its replicas in the order to try them (routing.py)."""
         loads = {
             name: PoolLoad(queued=s.waiting, replicas=s.replicas.get(RUNNING, 0))
             for name, s in self._summaries.items()
@@ -173,23 +179,42 @@ class OpenAIIngress:
         now = time.monotonic()
         ordered = [pool] + [c.name for c in sorted(self._choices, key=lambda c: c.priority)]
         for name in dict.fromkeys(ordered):
-            usable = [
-                r.address
+            usable = {
+                r.address: r
                 for r in self._replicas.get(name, ())
                 if self._skip_until.get(r.address, 0) <= now
-            ]
+            }
             if usable:
-                random.shuffle(usable)
-                usable.sort(key=lambda a: self._busy.get(a, 0))
-                return name, usable
+                order = order_replicas(
+                    list(usable),
+                    self._busy,
+                    policy=self._config.routing,
+                    prefix=prefix,
+                    rng=self._rng,
+                )
+                return name, [usable[a] for a in order]
         return pool, []
 
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
-        """Liveness of the front door, with the LLM replicas each pool has up."""
+        """Liveness of the front door, with the LLM replicas each pool has up and what
+        each of them reports (no addresses or tokens)."""
         return {
             "status": "ok",
             "pools": {n: s.replicas.get(RUNNING, 0) for n, s in self._summaries.items()},
+            "replicas": [
+                {
+                    "pool": r.pool,
+                    "replica": r.replica,
+                    "inFlight": self._busy.get(r.address, 0),
+                    "waiting": r.waiting,
+                    "running": r.running,
+                    "prefixCacheQueries": r.telemetry.prefix_cache_queries,
+                    "prefixCacheHits": r.telemetry.prefix_cache_hits,
+                }
+                for pool in self._pools
+                for r in self._replicas.get(pool, ())
+            ],
         }
 
     @api.get("/metrics")
@@ -234,7 +259,8 @@ class OpenAIIngress:
         """OpenAI text completions, streaming or not."""
         return await self._generate(request, "completion", "/v1/completions")
 
-    async def _check(self, request: Request, kind: str) -> bytes:
+    async def _check(self, request: Request, kind: str) -> tuple[bytes, str]:
+        """The raw body and its prompt prefix, once the request passed the checks."""
         self._authorize(request)
         raw = await request.body()
         try:
@@ -245,23 +271,21 @@ class OpenAIIngress:
             raise ServingError(bad_request("The body must be a JSON object.", code="invalid_json"))
         check_model(body, self._limits)
         (check_chat if kind == "chat" else check_completion)(body, self._limits)
-        return raw
+        return raw, prompt_prefix(kind, body)
 
-    async def _connect(self, path: str, raw: bytes) -> tuple[str, str, Any]:
+    async def _connect(self, path: str, raw: bytes, prefix: str) -> tuple[str, str, Any]:
         """Send the request to a replica; return the pool, the replica and its response."""
         import aiohttp
 
-        pool, addresses = self._candidates()
-        if not addresses:
+        pool, replicas = self._candidates(prefix)
+        if not replicas:
             # Right after start the hub may not have answered yet.
             await self._refresh()
-            pool, addresses = self._candidates()
-        for address in addresses[:MAX_ATTEMPTS]:
+            pool, replicas = self._candidates(prefix)
+        for replica in replicas[:MAX_ATTEMPTS]:
+            address = replica.address
             try:
-                headers = {
-                    "Content-Type": "application/json",
-                    TOKEN_HEADER: self._tokens.get(address, ""),
-                }
+                headers = {"Content-Type": "application/json", TOKEN_HEADER: replica.token}
                 response = await self._session.post(address + path, data=raw, headers=headers)
                 return pool, address, response
             except aiohttp.ClientConnectionError:
@@ -273,7 +297,7 @@ class OpenAIIngress:
         arrived = time.monotonic()
         deadline = arrived + self._config.request_timeout_s
         try:
-            raw = await self._check(request, kind)
+            raw, prefix = await self._check(request, kind)
         except ServingError as e:
             self._metrics.count(NO_POOL, e.info.status)
             return _error_response(e.info)
@@ -282,7 +306,7 @@ class OpenAIIngress:
         response: Any = None
         try:
             async with asyncio.timeout_at(self._loop_time(deadline)):
-                pool, address, response = await self._connect(path, raw)
+                pool, address, response = await self._connect(path, raw, prefix)
                 self._busy[address] = self._busy.get(address, 0) + 1
                 if response.content_type != "text/event-stream":
                     body = await response.read()

@@ -49,6 +49,10 @@ E2E_REQUEST_LATENCY = PREFIX + E2E
 REQUESTS_TOTAL = PREFIX + "requests_total"
 PROMPT_TOKENS_TOTAL = PREFIX + "prompt_tokens_total"
 GENERATION_TOKENS_TOTAL = PREFIX + "generation_tokens_total"
+# Prompt tokens looked up in the engines' prefix caches, and those found there: their
+# ratio is the hit rate that prefix-aware routing raises.
+PREFIX_CACHE_QUERIES_TOTAL = PREFIX + "prefix_cache_queries_total"
+PREFIX_CACHE_HITS_TOTAL = PREFIX + "prefix_cache_hits_total"
 REQUESTS_WAITING = PREFIX + "requests_waiting"
 REQUESTS_RUNNING = PREFIX + "requests_running"
 KV_CACHE_USAGE_RATIO = PREFIX + "kv_cache_usage_ratio"
@@ -76,6 +80,8 @@ METRIC_NAMES = (
     REQUESTS_TOTAL,
     PROMPT_TOKENS_TOTAL,
     GENERATION_TOKENS_TOTAL,
+    PREFIX_CACHE_QUERIES_TOTAL,
+    PREFIX_CACHE_HITS_TOTAL,
     REQUESTS_WAITING,
     REQUESTS_RUNNING,
     KV_CACHE_USAGE_RATIO,
@@ -122,6 +128,16 @@ class _EngineCollector(Collector):
         generation = CounterMetricFamily(
             GENERATION_TOKENS_TOTAL, "Output tokens generated.", labels=labels
         )
+        cache_queries = CounterMetricFamily(
+            PREFIX_CACHE_QUERIES_TOTAL,
+            "Prompt tokens looked up in the engines' prefix caches.",
+            labels=labels,
+        )
+        cache_hits = CounterMetricFamily(
+            PREFIX_CACHE_HITS_TOTAL,
+            "Prompt tokens found in the engines' prefix caches (prefill skipped).",
+            labels=labels,
+        )
         waiting = GaugeMetricFamily(
             REQUESTS_WAITING, "Requests queued in the engines.", labels=labels
         )
@@ -146,13 +162,16 @@ class _EngineCollector(Collector):
                 )
             prompt.add_metric(values, summary.telemetry.prompt_tokens)
             generation.add_metric(values, summary.telemetry.generation_tokens)
+            cache_queries.add_metric(values, summary.telemetry.prefix_cache_queries)
+            cache_hits.add_metric(values, summary.telemetry.prefix_cache_hits)
             waiting.add_metric(values, summary.waiting)
             running.add_metric(values, summary.running)
             kv.add_metric(values, summary.kv_cache_usage)
             for state, count in sorted(summary.replicas.items()):
                 replicas.add_metric([*values, state], count)
         yield from histograms.values()
-        yield from (prompt, generation, waiting, running, kv, replicas, target)
+        yield from (prompt, generation, cache_queries, cache_hits)
+        yield from (waiting, running, kv, replicas, target)
 
 
 class IngressMetrics:

@@ -166,6 +166,19 @@ class EngineTelemetry:
     histograms: dict[str, HistogramData] = field(default_factory=new_histograms)
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    prefix_cache_queries: int = 0
+    """Prompt tokens the engine looked up in its prefix cache."""
+    prefix_cache_hits: int = 0
+    """Of those, the tokens found there (their prefill was skipped)."""
+
+    def add(self, other: EngineTelemetry) -> None:
+        """Add `other`'s counts and histograms to this one."""
+        for name, hist in other.histograms.items():
+            self.histograms[name].add(hist)
+        self.prompt_tokens += other.prompt_tokens
+        self.generation_tokens += other.generation_tokens
+        self.prefix_cache_queries += other.prefix_cache_queries
+        self.prefix_cache_hits += other.prefix_cache_hits
 
     def observe(self, name: str, seconds: float) -> None:
         """Record one latency of histogram `name` (TTFT, TPOT, ITL or E2E)."""
@@ -241,11 +254,7 @@ def retire(reports: dict[tuple[str, str], ReplicaReport], key: tuple[str, str]) 
     retired = reports.setdefault(
         (gone.pool, RETIRED), ReplicaReport(pool=gone.pool, replica=RETIRED, state=RETIRED, at=0.0)
     )
-    telemetry = retired.telemetry
-    for name, hist in gone.telemetry.histograms.items():
-        telemetry.histograms[name].add(hist)
-    telemetry.prompt_tokens += gone.telemetry.prompt_tokens
-    telemetry.generation_tokens += gone.telemetry.generation_tokens
+    retired.telemetry.add(gone.telemetry)
 
 
 def summarize(
@@ -260,10 +269,7 @@ def summarize(
     kv: dict[str, list[float]] = {pool: [] for pool in out}
     for report in reports:
         summary = out.setdefault(report.pool, PoolSummary())
-        for name, hist in report.telemetry.histograms.items():
-            summary.telemetry.histograms[name].add(hist)
-        summary.telemetry.prompt_tokens += report.telemetry.prompt_tokens
-        summary.telemetry.generation_tokens += report.telemetry.generation_tokens
+        summary.telemetry.add(report.telemetry)
         if now - report.at > stale_after:
             continue
         summary.replicas[report.state] = summary.replicas.get(report.state, 0) + 1

@@ -7,6 +7,8 @@ from modelfleet_serving.metrics import (
     AUTOSCALING_TARGET_QUEUE_DEPTH,
     GENERATION_TOKENS_TOTAL,
     METRIC_NAMES,
+    PREFIX_CACHE_HITS_TOTAL,
+    PREFIX_CACHE_QUERIES_TOTAL,
     REPLICAS,
     REQUESTS_RUNNING,
     REQUESTS_TOTAL,
@@ -54,6 +56,7 @@ def test_observe_request_derives_tpot() -> None:
 def _report(pool: str, replica: str, at: float, state: str = RUNNING, **kw: float) -> ReplicaReport:
     telemetry = EngineTelemetry()
     telemetry.observe_request(ttft=0.01, e2e=0.2, prompt_tokens=3, generation_tokens=4)
+    telemetry.prefix_cache_queries, telemetry.prefix_cache_hits = 10, 6
     return ReplicaReport(pool, replica, state, at, telemetry=telemetry, **kw)  # type: ignore[arg-type]
 
 
@@ -72,6 +75,7 @@ def test_summarize_adds_fresh_gauges_and_all_counters() -> None:
     # The stale replica's counters stay: sums never go down when a replica is replaced.
     assert a.telemetry.generation_tokens == 12
     assert a.telemetry.histograms[E2E].count == 3
+    assert (a.telemetry.prefix_cache_queries, a.telemetry.prefix_cache_hits) == (30, 18)
     assert b.replicas == {"starting": 1, "running": 0, "unhealthy": 0}
     assert (b.waiting, b.running) == (0, 0)
     assert c.telemetry.prompt_tokens == 0
@@ -88,6 +92,8 @@ def test_metrics_expose_every_design_name_with_labels() -> None:
     assert f'{REQUESTS_TOTAL}{{code="200",model="tiny",pool="cpu"}} 1.0' in text
     assert f'{REQUESTS_RUNNING}{{model="tiny",pool="cpu"}} 2.0' in text
     assert f'{GENERATION_TOKENS_TOTAL}{{model="tiny",pool="cpu"}} 4.0' in text
+    assert f'{PREFIX_CACHE_QUERIES_TOTAL}{{model="tiny",pool="cpu"}} 10.0' in text
+    assert f'{PREFIX_CACHE_HITS_TOTAL}{{model="tiny",pool="cpu"}} 6.0' in text
     assert f'{REPLICAS}{{model="tiny",pool="cpu",state="running"}} 1.0' in text
     assert f'{AUTOSCALING_TARGET_QUEUE_DEPTH}{{model="tiny",pool="cpu"}} 8.0' in text
     assert f'{TIME_TO_FIRST_TOKEN}_count{{model="tiny",pool="cpu"}} 1.0' in text

@@ -59,6 +59,13 @@ class _Spec(BaseModel):
     )
 
 
+class RoutingPolicy(StrEnum):
+    """How the front door picks a replica within a pool."""
+
+    PREFIX_AWARE = "prefix-aware"
+    LEAST_LOADED = "least-loaded"
+
+
 class EngineKind(StrEnum):
     """Inference engine a replica runs."""
 
@@ -425,6 +432,12 @@ class ServingSpec(_Spec):
     request_timeout_seconds: Annotated[
         float, Field(gt=0, description="Longest a request may take, queueing included.")
     ] = 600
+    routing: RoutingPolicy = Field(
+        default=RoutingPolicy.PREFIX_AWARE,
+        description="How requests pick a replica within a pool: prefix-aware sends "
+        "prompts that begin alike to the replica whose prefix cache holds them, within "
+        "a bound on its load; least-loaded picks the replica with the fewest requests.",
+    )
 
 
 class MonitoringSpec(_Spec):

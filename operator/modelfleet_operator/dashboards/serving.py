@@ -22,6 +22,8 @@ from modelfleet_serving.metrics import (
     GENERATION_TOKENS_TOTAL,
     INTER_TOKEN_LATENCY,
     KV_CACHE_USAGE_RATIO,
+    PREFIX_CACHE_HITS_TOTAL,
+    PREFIX_CACHE_QUERIES_TOTAL,
     PROMPT_TOKENS_TOTAL,
     REPLICAS,
     REQUEST_DURATION,
@@ -195,6 +197,25 @@ def serving_dashboard() -> dashboard_models.Dashboard:
                 "Share of KV-cache blocks in use, averaged over a pool's running replicas. "
                 "Near 100% the engines preempt requests.",
                 KV_CACHE_USAGE_RATIO,
+                unit="percentunit",
+            ).max(1)
+        )
+        .with_panel(
+            ids.timeseries(
+                "Prefix-cache hit rate",
+                "Share of prompt tokens found in the engines' prefix caches, whose prefill "
+                "was skipped. Prefix-aware routing (spec.serving.routing) raises it for "
+                "prompts that share a system prompt or few-shot block.",
+                [
+                    query(
+                        f"{_totals(f'rate({PREFIX_CACHE_HITS_TOTAL}{SELECTOR}[{RATE_INTERVAL}])')}"
+                        " / clamp_min("
+                        f"{_totals(f'rate({PREFIX_CACHE_QUERIES_TOTAL}{SELECTOR}[{RATE_INTERVAL}])')}"
+                        ", 1e-9)",
+                        legend=LEGEND,
+                        ref_id="A",
+                    )
+                ],
                 unit="percentunit",
             ).max(1)
         )

@@ -191,15 +191,20 @@ class VLLMEngine(Engine):
         return _TelemetryLogger(vllm_config, engine_index)
 
     def _record(self, scheduler: SchedulerStats | None, iteration: IterationStats | None) -> None:
+        telemetry = self.telemetry
         if scheduler is not None:
             self._stats = EngineStats(
                 waiting=scheduler.num_waiting_reqs + scheduler.num_skipped_waiting_reqs,
                 running=scheduler.num_running_reqs,
                 kv_cache_usage=scheduler.kv_cache_usage,
             )
+            cache = scheduler.prefix_cache_stats
+            if cache is not None:
+                # Counts since the last step, as vLLM's own Prometheus logger adds them.
+                telemetry.prefix_cache_queries += cache.queries
+                telemetry.prefix_cache_hits += cache.hits
         if iteration is None:
             return
-        telemetry = self.telemetry
         telemetry.prompt_tokens += iteration.num_prompt_tokens
         telemetry.generation_tokens += iteration.num_generation_tokens
         for seconds in iteration.time_to_first_tokens_iter:
