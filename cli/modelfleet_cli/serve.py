@@ -15,12 +15,16 @@ failure ends in one line that says what to change, and a non-zero exit:
   failures a newcomer meets (memory for the KV cache, a model that cannot be found,
   tritonserver refusing its repository, ...).
 
+While it serves, it follows edits to the file (`FileWatcher`): a change is deployed
+over the running application, and Serve keeps what did not change.
+
 Everything but `serve` itself is pure or nearly so (`preflight` binds a socket and
 looks at paths), and tested with tables in tests/unit/test_serve_*.py.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import shutil
@@ -69,6 +73,12 @@ def cluster_needs(md: ModelDeployment) -> list[str]:
             f"model.source {source} is on a PersistentVolumeClaim (point it at "
             "file:///abs/path, hf://org/name or builtin://tiny-llama)"
         )
+    for adapter in md.spec.model.adapters:
+        if adapter.source.startswith("pvc://"):
+            needs.append(
+                f"adapter {adapter.name!r} source {adapter.source} is on a "
+                "PersistentVolumeClaim (point it at file:///abs/path or hf://org/name)"
+            )
     triton = md.spec.engine.triton
     if triton is not None and triton.repository.startswith("pvc://"):
         needs.append(
@@ -639,15 +649,89 @@ def serve(file: Path, host: str, port: int, *, verbose: bool = False) -> int:
 
     from modelfleet_serving.local import Terminal, output_to_file
 
+    watcher = FileWatcher(file, config)
     if verbose:
-        return _serve(config, host, port, Terminal(sys.stdout, sys.stderr), log_path=None)
+        terminal = Terminal(sys.stdout, sys.stderr)
+        return _serve(config, host, port, terminal, log_path=None, watcher=watcher)
     log_path = log_path_for(config.name)
     with output_to_file(log_path) as terminal:
-        return _serve(config, host, port, terminal, log_path)
+        return _serve(config, host, port, terminal, log_path, watcher=watcher)
+
+
+class FileWatcher:
+    """Follows edits to the served file while it serves (`poll`, once a second).
+
+    A change of `model.adapters` comes back as the new config, to deploy over the
+    running one: the replicas load and unload adapters without a restart. Anything
+    else (a parse error, a new name, more CPUs than the local Ray has, what only a
+    cluster has, any other field) is said in one line and the server keeps the config
+    it runs: locally the one front door owns the port, so it cannot be rolled over.
+    """
+
+    def __init__(self, file: Path, config: ServingConfig) -> None:
+        self.file = file
+        self.config = config
+        self.say: Callable[[str], None] = lambda text: None
+        self._seen = self._read()
+
+    def _read(self) -> str | None:
+        try:
+            return self.file.read_text()
+        except OSError:
+            return None
+
+    def poll(self) -> ServingConfig | None:
+        """The file's new config when it changed and can be applied, else None."""
+        from modelfleet_serving.local import logical_cpus
+        from pydantic import ValidationError
+
+        text = self._read()
+        if text is None or text == self._seen:
+            return None
+        self._seen = text
+        try:
+            md = ModelDeployment.from_object(yaml.safe_load(text))
+            config = serving_config(md, in_cluster=False)
+        except (yaml.YAMLError, ValidationError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self.say(f"{self.file} changed but cannot be read ({first}); still serving as before")
+            return None
+        problem = None
+        if config.name != self.config.name:
+            problem = f"metadata.name changed to {config.name!r} (restart to serve a new name)"
+        elif logical_cpus(config) > logical_cpus(self.config):
+            problem = (
+                f"it needs {logical_cpus(config)} Ray CPUs and this Ray has "
+                f"{logical_cpus(self.config)} (restart to serve it)"
+            )
+        elif cluster_needs(md):
+            problem = "; ".join(cluster_needs(md))
+        elif _without_adapters(config) != _without_adapters(self.config):
+            problem = (
+                "it changes more than model.adapters, the one thing applied while serving "
+                "(restart to apply the rest)"
+            )
+        if problem:
+            self.say(f"{self.file} changed but {problem}; still serving as before")
+            return None
+        if config == self.config:
+            return None
+        self.config = config
+        self.say(f"{self.file} changed; applying it to the running server...")
+        return config
+
+
+def _without_adapters(config: ServingConfig) -> ServingConfig:
+    return config.model_copy(update={"adapters": []})
 
 
 def _serve(
-    config: ServingConfig, host: str, port: int, terminal: Terminal, log_path: Path | None
+    config: ServingConfig,
+    host: str,
+    port: int,
+    terminal: Terminal,
+    log_path: Path | None,
+    watcher: FileWatcher | None = None,
 ) -> int:
     """Start and run the server, telling `terminal` how it goes (see the module doc)."""
     from modelfleet_serving.local import LogFollower, Phase, logical_cpus, run_local
@@ -677,6 +761,8 @@ def _serve(
             )
         elif phase is Phase.STOPPING:
             say("stopping Serve and Ray...")
+        elif phase is Phase.RELOADED:
+            say("the changed file is applied")
 
     def ready(base_url: str) -> None:
         say(f"{engine} engine ready after {_duration(time.monotonic() - started)}")
@@ -697,17 +783,24 @@ def _serve(
         print("Press Ctrl-C to stop.", file=terminal.out, flush=True)
 
     parser = ProgressParser()
+    reload = None
+    if watcher is not None:
+        watcher.say = say
+        reload = watcher.poll
     if log_path is not None:
         say(f"Ray's and {engine}'s logs go to {log_path} (--verbose prints them here)")
     try:
         if _needs_cpu_tritonserver(config):
             _ensure_cpu_tritonserver(say)
         say(f"starting Ray ({logical_cpus(config)} CPUs)...")
+        run = functools.partial(
+            run_local, config, host, port, on_ready=ready, on_phase=on_phase, reload=reload
+        )
         if log_path is None:
-            status = run_local(config, host, port, on_ready=ready, on_phase=on_phase)
+            status = run()
         else:
             with LogFollower(log_path, on_log_line):
-                status = run_local(config, host, port, on_ready=ready, on_phase=on_phase)
+                status = run()
     except KeyboardInterrupt:
         status = 130
     except Exception as e:

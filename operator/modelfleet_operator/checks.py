@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modelfleet_operator.api.v1alpha1 import ModelDeployment
+from modelfleet_operator.api.v1alpha1 import EngineKind, ModelDeployment
 from modelfleet_operator.engine_flags import lint_extra_args
 from modelfleet_operator.translate import serving_config
 
@@ -49,6 +49,13 @@ def problems(md: ModelDeployment) -> list[str]:
     """
     engine = md.spec.engine
     found = lint_extra_args(engine.kind, engine.extra_args)
+    if engine.kind is not EngineKind.VLLM and (
+        md.spec.model.adapters or engine.max_loras is not None
+    ):
+        found.append(
+            f"model.adapters and engine.maxLoras need engine.kind: vllm (this one is "
+            f"{engine.kind}); remove them, or serve the adapters' merged weights as a model"
+        )
     gpus = engine.tensor_parallel_size * engine.pipeline_parallel_size
     for pool in md.spec.node_pools:
         if pool.gpu is None and gpus > 1:

@@ -24,7 +24,11 @@ from typing import Any
 
 import yaml
 from modelfleet_serving.autoscaling_ray import application_policy_for
-from modelfleet_serving.config import PoolConfig, ServingConfig
+from modelfleet_serving.config import (
+    PoolConfig,
+    ServingConfig,
+    application_config,
+)
 from modelfleet_serving.serve_env import CLUSTER_SERVE_ENV
 
 from modelfleet_operator import __version__
@@ -50,7 +54,6 @@ RAY_VERSION = "2.60.0"
 
 # The Serve application inside the RayService, and how Ray Serve builds it.
 APP_NAME = "modelfleet"
-APP_IMPORT_PATH = "modelfleet_serving.app:app_builder"
 SERVE_PORT = 8000
 # Seconds a Ray worker pod stays idle before the Ray autoscaler removes it.
 WORKER_IDLE_TIMEOUT_S = 60
@@ -88,20 +91,16 @@ def serve_config(config: ServingConfig) -> str:
     preferred pool up first and the least preferred down first. Ray accepts it only
     from a config like this one, which is why it is set here and not in the app.
     """
+    # A change of adapters alone reaches the running replicas through reconfigure():
+    # KubeRay hands Serve the new config, and Serve keeps replicas whose arguments did
+    # not change.
+    application = application_config(config, APP_NAME) | {
+        "autoscaling_policy": application_policy_for(config),
+    }
     document = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
-        "applications": [
-            {
-                "name": APP_NAME,
-                "route_prefix": "/",
-                "import_path": APP_IMPORT_PATH,
-                # Unset (None) fields are left out: the app fills in the same defaults,
-                # and the RayService does not churn when the config gains a field.
-                "args": {"config": config.model_dump(mode="json", exclude_none=True)},
-                "autoscaling_policy": application_policy_for(config),
-            }
-        ],
+        "applications": [application],
     }
     return yaml.safe_dump(document, sort_keys=False)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from modelfleet_serving.config import (
     DEFAULT_API_KEYS_ENV,
     PVC_MOUNT_ROOT,
+    AdapterConfig,
     AutoscalingConfig,
     EngineConfig,
     EngineKind,
@@ -71,8 +72,8 @@ def _in_cluster_source(source: str) -> str:
 
 
 def _pvc_sources(md: ModelDeployment) -> list[str]:
-    """The pvc:// sources of `md`, among its weights and its Triton repository."""
-    sources = [md.spec.model.source]
+    """The pvc:// sources of `md`, among its weights, adapters and Triton repository."""
+    sources = [md.spec.model.source, *(a.source for a in md.spec.model.adapters)]
     if md.spec.engine.triton is not None:
         sources.append(md.spec.engine.triton.repository)
     return [s for s in sources if _is_pvc(s)]
@@ -131,6 +132,11 @@ def serving_config(md: ModelDeployment, *, in_cluster: bool) -> ServingConfig:
         extra_args=dict(engine.extra_args),
         triton=triton,
         cpu_kv_cache_gib=engine.cpu_kv_cache_gib,
+        max_loras=engine.max_loras,
+        # Only with LoRA on: the arguments of deployments without it stay as they were.
+        max_lora_rank=engine.max_lora_rank
+        if spec.model.adapters or engine.max_loras is not None
+        else None,
     )
     quantization = spec.model.quantization
     return ServingConfig(
@@ -154,4 +160,5 @@ def serving_config(md: ModelDeployment, *, in_cluster: bool) -> ServingConfig:
         request_timeout_s=spec.serving.request_timeout_seconds,
         routing=RoutingPolicy(spec.serving.routing.value),
         api_keys_env=DEFAULT_API_KEYS_ENV if spec.serving.api_key_secret_ref else None,
+        adapters=[AdapterConfig(name=a.name, source=source(a.source)) for a in spec.model.adapters],
     )

@@ -8,9 +8,12 @@ door in `frontdoor.py`, the LLM replica in `replica.py` (its HTTP API in
 `replica_http.py`), and here only the builder that binds them, with the Serve options
 of each deployment. See docs/data-plane.md for the path a request takes.
 
-`app_builder` is the `import_path` target of the operator's RayService
-(`modelfleet_serving.app:app_builder`, args `{"config": ServingConfig as JSON}`);
-`build_app` is what `modelfleet serve` runs locally.
+`app_builder` is the `import_path` target of the Serve config
+(`config.application_config`)
+that both the operator's RayService and `modelfleet serve` deploy: Serve builds the
+application from it on the cluster, and, as it derives the deployments' versions from
+that config, a change of the LoRA adapters alone (the LLM deployments' `user_config`)
+reconfigures the running replicas instead of replacing them.
 """
 
 from __future__ import annotations
@@ -37,12 +40,16 @@ LLM_MAX_ONGOING_REQUESTS = 16
 def build_app(config: ServingConfig) -> serve.Application:
     """The Serve application for `config`: the front door bound to one LLM deployment
     per pool."""
-    data = config.model_dump(mode="json")
+    data = config.app_args()
     pools = []
     for pool in config.pools:
         actor_options: dict[str, Any] = {"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus}
         if pool.resources:
             actor_options["resources"] = dict(pool.resources)
+        options: dict[str, Any] = {}
+        if config.lora_enabled:
+            # Adapters come and go through reconfigure(), not a new replica.
+            options["user_config"] = config.adapters_user_config()
         pools.append(
             serve.deployment(
                 name=pool.name,
@@ -56,6 +63,7 @@ def build_app(config: ServingConfig) -> serve.Application:
                 health_check_timeout_s=30,
                 graceful_shutdown_timeout_s=30,
                 logging_config={"enable_access_log": False},
+                **options,
             )(LLMServer).bind(data, pool.name)
         )
     ingress = serve.deployment(

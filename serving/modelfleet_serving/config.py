@@ -11,7 +11,7 @@ This module is pure: it imports nothing from Ray, vLLM, Kubernetes or Kopf.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -26,6 +26,13 @@ DEFAULT_API_KEYS_ENV = "MODELFLEET_API_KEYS"
 PVC_MOUNT_ROOT = "/mnt/modelfleet"
 
 ScalarArg = str | int | float | bool
+
+# What a Serve config's application imports to build the application (app.py).
+APP_IMPORT_PATH = "modelfleet_serving.app:app_builder"
+
+# Adapters one engine batch may mix when the spec lists adapters but not maxLoras.
+DEFAULT_MAX_LORAS = 4
+DEFAULT_MAX_LORA_RANK = 16
 
 
 class _Frozen(BaseModel):
@@ -56,6 +63,13 @@ class ModelConfig(_Frozen):
     served_name: str = Field(description='The OpenAI "model" value clients send.')
     quantization: str | None = Field(default=None, description="awq, gptq, fp8, ... or None.")
     dtype: str = "auto"
+
+
+class AdapterConfig(_Frozen):
+    """A LoRA adapter served next to the base model under a name of its own."""
+
+    name: str = Field(description='The OpenAI "model" value that selects the adapter.')
+    source: str = Field(description="Same schemes as the model's source.")
 
 
 class TritonConfig(_Frozen):
@@ -99,6 +113,14 @@ class EngineConfig(_Frozen):
     cpu_kv_cache_gib: Annotated[float, Field(gt=0)] | None = Field(
         default=None,
         description="KV-cache size on CPU-only replicas (VLLM_CPU_KVCACHE_SPACE).",
+    )
+    max_loras: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description="LoRA adapters one batch may mix; set, the engine starts with LoRA "
+        "support, so adapters can be added later without a restart.",
+    )
+    max_lora_rank: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description=f"Largest adapter rank; {DEFAULT_MAX_LORA_RANK} when unset."
     )
 
     @property
@@ -150,6 +172,12 @@ class ServingConfig(_Frozen):
     max_queued_requests: Annotated[int, Field(gt=0)] = 256
     request_timeout_s: Annotated[float, Field(gt=0)] = 600
     routing: RoutingPolicy = RoutingPolicy.PREFIX_AWARE
+    adapters: list[AdapterConfig] = Field(
+        default_factory=list,
+        description="LoRA adapters. They reach the LLM replicas as their deployments' "
+        "user_config, not in the application's arguments (app_args), so adding or "
+        "removing one reconfigures the running replicas instead of restarting them.",
+    )
     api_keys_env: str | None = Field(
         default=None,
         description="Environment variable holding accepted API keys; None disables keys.",
@@ -163,6 +191,62 @@ class ServingConfig(_Frozen):
             raise ValueError(f"pool names must be unique; repeated: {', '.join(duplicates)}")
         return self
 
+    @model_validator(mode="after")
+    def _adapters(self) -> ServingConfig:
+        names = [a.name for a in self.adapters]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"adapter names must be unique; repeated: {', '.join(repeated)}")
+        if self.model.served_name in names:
+            raise ValueError(
+                f"adapter {self.model.served_name!r} has the model's own servedName; "
+                "give the adapter another name"
+            )
+        return self
+
+    @property
+    def lora_enabled(self) -> bool:
+        """Whether the engine starts with LoRA support: adapters are listed, or
+        `engine.max_loras` is set so that they can be added later without a restart."""
+        return bool(self.adapters) or self.engine.max_loras is not None
+
+    def app_args(self) -> dict[str, object]:
+        """The Serve application's arguments: everything but the adapters (which a
+        running replica takes through `adapters_user_config`, without a restart), with
+        `engine.max_loras` filled in when LoRA is on, so that the arguments, and hence
+        the replicas, stay the same as adapters come and go."""
+        engine = self.engine
+        if self.lora_enabled and engine.max_loras is None:
+            engine = engine.model_copy(update={"max_loras": DEFAULT_MAX_LORAS})
+        args = self.model_copy(update={"engine": engine, "adapters": []})
+        return args.model_dump(mode="json", exclude_none=True, exclude={"adapters"})
+
+    def adapters_user_config(self) -> dict[str, object]:
+        """The LLM deployments' `user_config`: the adapters they should have loaded."""
+        return {"adapters": [a.model_dump(mode="json") for a in self.adapters]}
+
     def pools_by_preference(self) -> list[PoolConfig]:
         """Pools ordered from most to least preferred (lowest priority first, stable)."""
         return sorted(self.pools, key=lambda p: p.priority)
+
+
+def application_config(config: ServingConfig, name: str) -> dict[str, Any]:
+    """One application of a Serve config file (Ray's `ServeDeploySchema`) serving
+    `config` under `name`: the import path, the arguments (`ServingConfig.app_args`),
+    and with LoRA on each LLM deployment's `user_config` holding the adapters. Serve
+    derives the deployments' versions from this document, so a change of the adapters
+    alone reconfigures the running replicas instead of replacing them."""
+    application: dict[str, Any] = {
+        "name": name,
+        "route_prefix": "/",
+        "import_path": APP_IMPORT_PATH,
+        # Unset (None) fields are left out: the app fills in the same defaults, and
+        # the RayService does not churn when the config gains a field.
+        "args": {"config": config.app_args()},
+    }
+    if config.lora_enabled:
+        application["deployments"] = [
+            {"name": pool.name, "user_config": config.adapters_user_config()}
+            for pool in config.pools
+        ]
+    return application

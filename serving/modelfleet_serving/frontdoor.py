@@ -104,6 +104,8 @@ class OpenAIIngress:
             served_names=[self._config.model.served_name],
             max_n=self._config.engine.max_num_seqs,
         )
+        # LoRA adapters some running replica serves, with the addresses serving each.
+        self._adapters: dict[str, set[str]] = {}
         self._keys = self._load_keys()
         self._pools = [p.name for p in self._config.pools]
         self._summaries: dict[str, PoolSummary] = summarize(
@@ -147,6 +149,16 @@ class OpenAIIngress:
             if report.state == RUNNING and report.address and now - report.at <= STALE_AFTER_S:
                 replicas.setdefault(report.pool, []).append(report)
         self._replicas = replicas
+        adapters: dict[str, set[str]] = {}
+        for rs in replicas.values():
+            for r in rs:
+                for name in r.adapters:
+                    adapters.setdefault(name, set()).add(r.address)
+        self._adapters = adapters
+        self._limits = Limits(
+            served_names=[self._config.model.served_name, *sorted(adapters)],
+            max_n=self._config.engine.max_num_seqs,
+        )
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -169,8 +181,13 @@ class OpenAIIngress:
         if not any(matches):
             raise ServingError(unauthorized("Invalid API key."))
 
-    def _candidates(self, prefix: str) -> tuple[str, list[ReplicaReport]]:
-        """The pool to use and its replicas in the order to try them (routing.py)."""
+    def _candidates(self, prefix: str, model: str) -> tuple[str, list[ReplicaReport]]:
+        """The pool to use and its replicas in the order to try them (routing.py).
+
+        A request for a LoRA adapter goes only to replicas that have it loaded: one
+        still loading it (or that failed to) would answer 404.
+        """
+        serving = self._adapters.get(model)
         loads = {
             name: PoolLoad(queued=s.waiting, replicas=s.replicas.get(RUNNING, 0))
             for name, s in self._summaries.items()
@@ -183,6 +200,7 @@ class OpenAIIngress:
                 r.address: r
                 for r in self._replicas.get(name, ())
                 if self._skip_until.get(r.address, 0) <= now
+                and (serving is None or r.address in serving)
             }
             if usable:
                 order = order_replicas(
@@ -211,6 +229,8 @@ class OpenAIIngress:
                     "running": r.running,
                     "prefixCacheQueries": r.telemetry.prefix_cache_queries,
                     "prefixCacheHits": r.telemetry.prefix_cache_hits,
+                    "adapters": list(r.adapters),
+                    "adapterErrors": r.adapter_errors,
                 }
                 for pool in self._pools
                 for r in self._replicas.get(pool, ())
@@ -226,28 +246,23 @@ class OpenAIIngress:
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> Response:
-        """The one served model, in OpenAI's list format."""
+        """The served model and the LoRA adapters running replicas serve, in OpenAI's
+        list format (an adapter's `parent` is the model)."""
         try:
             self._authorize(request)
         except ServingError as e:
             self._metrics.count(NO_POOL, e.info.status)
             return _error_response(e.info)
         self._metrics.count(NO_POOL, 200)
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [
-                    {
-                        "id": self._config.model.served_name,
-                        "object": "model",
-                        "created": 0,
-                        "owned_by": "modelfleet",
-                        "root": self._config.model.source,
-                        "max_model_len": self._config.engine.max_model_len,
-                    }
-                ],
-            }
-        )
+        base = self._config.model.served_name
+        card = {"object": "model", "created": 0, "owned_by": "modelfleet"}
+        max_len = self._config.engine.max_model_len
+        models = [card | {"id": base, "root": self._config.model.source, "max_model_len": max_len}]
+        models += [
+            card | {"id": name, "root": name, "parent": base, "max_model_len": max_len}
+            for name in sorted(self._adapters)
+        ]
+        return JSONResponse({"object": "list", "data": models})
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
@@ -259,8 +274,9 @@ class OpenAIIngress:
         """OpenAI text completions, streaming or not."""
         return await self._generate(request, "completion", "/v1/completions")
 
-    async def _check(self, request: Request, kind: str) -> tuple[bytes, str]:
-        """The raw body and its prompt prefix, once the request passed the checks."""
+    async def _check(self, request: Request, kind: str) -> tuple[bytes, str, str]:
+        """The raw body, the model asked for and the prompt's prefix, once the request
+        passed the checks."""
         self._authorize(request)
         raw = await request.body()
         try:
@@ -269,19 +285,21 @@ class OpenAIIngress:
             raise ServingError(bad_request(f"Malformed JSON body: {e}", code="invalid_json")) from e
         if not isinstance(body, dict):
             raise ServingError(bad_request("The body must be a JSON object.", code="invalid_json"))
-        check_model(body, self._limits)
+        model = check_model(body, self._limits)
         (check_chat if kind == "chat" else check_completion)(body, self._limits)
-        return raw, prompt_prefix(kind, body)
+        return raw, model, prompt_prefix(kind, body)
 
-    async def _connect(self, path: str, raw: bytes, prefix: str) -> tuple[str, str, Any]:
+    async def _connect(
+        self, path: str, raw: bytes, model: str, prefix: str
+    ) -> tuple[str, str, Any]:
         """Send the request to a replica; return the pool, the replica and its response."""
         import aiohttp
 
-        pool, replicas = self._candidates(prefix)
+        pool, replicas = self._candidates(prefix, model)
         if not replicas:
             # Right after start the hub may not have answered yet.
             await self._refresh()
-            pool, replicas = self._candidates(prefix)
+            pool, replicas = self._candidates(prefix, model)
         for replica in replicas[:MAX_ATTEMPTS]:
             address = replica.address
             try:
@@ -297,7 +315,7 @@ class OpenAIIngress:
         arrived = time.monotonic()
         deadline = arrived + self._config.request_timeout_s
         try:
-            raw, prefix = await self._check(request, kind)
+            raw, model, prefix = await self._check(request, kind)
         except ServingError as e:
             self._metrics.count(NO_POOL, e.info.status)
             return _error_response(e.info)
@@ -306,11 +324,11 @@ class OpenAIIngress:
         response: Any = None
         try:
             async with asyncio.timeout_at(self._loop_time(deadline)):
-                pool, address, response = await self._connect(path, raw, prefix)
+                pool, address, response = await self._connect(path, raw, model, prefix)
                 self._busy[address] = self._busy.get(address, 0) + 1
                 if response.content_type != "text/event-stream":
                     body = await response.read()
-                    self._finish(pool, address, response.status, arrived, arrived)
+                    self._finish(pool, address, response.status, arrived, arrived, model)
                     response.release()
                     return Response(
                         body, status_code=response.status, media_type="application/json"
@@ -324,7 +342,7 @@ class OpenAIIngress:
             info = unavailable(f"the LLM replica failed: {type(e).__name__}")
         else:
             return StreamingResponse(
-                self._relay(response, pool, address, arrived, deadline),
+                self._relay(response, pool, address, arrived, deadline, model),
                 status_code=response.status,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -332,13 +350,19 @@ class OpenAIIngress:
         if response is not None:
             response.close()
         if address:
-            self._finish(pool, address, info.status, arrived, None)
+            self._finish(pool, address, info.status, arrived, None, model)
         else:
-            self._metrics.count(pool, info.status)
+            self._metrics.count(pool, info.status, model)
         return _error_response(info)
 
     async def _relay(
-        self, response: Any, pool: str, address: str, arrived: float, deadline: float
+        self,
+        response: Any,
+        pool: str,
+        address: str,
+        arrived: float,
+        deadline: float,
+        model: str,
     ) -> AsyncIterator[bytes]:
         first: float | None = None
         status = response.status
@@ -366,7 +390,7 @@ class OpenAIIngress:
         finally:
             # Closing, not releasing: a stream cut short must end the replica's request.
             response.close()
-            self._finish(pool, address, status, arrived, first)
+            self._finish(pool, address, status, arrived, first, model)
 
     @staticmethod
     def _loop_time(monotonic_deadline: float) -> float:
@@ -374,10 +398,16 @@ class OpenAIIngress:
         return asyncio.get_running_loop().time() + (monotonic_deadline - time.monotonic())
 
     def _finish(
-        self, pool: str, address: str, status: int, arrived: float, first: float | None
+        self,
+        pool: str,
+        address: str,
+        status: int,
+        arrived: float,
+        first: float | None,
+        model: str,
     ) -> None:
         self._busy[address] = max(self._busy.get(address, 1) - 1, 0)
         if self._busy[address] == 0:
             del self._busy[address]
-        self._metrics.count(pool, status)
-        self._metrics.observe_request(pool, arrived, first, time.monotonic())
+        self._metrics.count(pool, status, model)
+        self._metrics.observe_request(pool, arrived, first, time.monotonic(), model)

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,7 +27,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TextIO
 
-from modelfleet_serving.config import ServingConfig
+from modelfleet_serving.config import ServingConfig, application_config
 from modelfleet_serving.processes import free_port
 from modelfleet_serving.serve_env import local_serve_env
 
@@ -43,6 +44,8 @@ class Phase(StrEnum):
     RAY_STARTED = "ray-started"
     # Asked to stop once serving (Ctrl-C or SIGTERM); shutting down takes a few seconds.
     STOPPING = "stopping"
+    # A changed config (the file was edited) is deployed and serving.
+    RELOADED = "reloaded"
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,10 @@ class LogFollower:
             logging.getLogger(__name__).debug("log follower callback failed", exc_info=True)
 
 
+# How often `deploy` asks Serve whether the application runs.
+DEPLOY_POLL_S = 0.5
+
+
 def logical_cpus(config: ServingConfig) -> int:
     """Ray CPUs to declare: every pool at its maximum, plus one for the ingress and Serve.
 
@@ -191,23 +198,55 @@ def _start_ray(num_cpus: int, port: int) -> None:
             ray.shutdown()
 
 
+def deploy(config: ServingConfig) -> None:
+    """Deploy `config` on the running Serve from a Serve config document, as KubeRay
+    deploys a RayService's (`application_config`), and wait until it runs.
+
+    Serve derives each deployment's version from that document, so deploying a config
+    whose adapters alone changed reconfigures the running replicas, as in a cluster
+    (`serve.run` would give every deployment a new random version and replace them).
+    Raises `RuntimeError("Deploying application NAME failed: ...")` when it cannot.
+    """
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    document = {"applications": [application_config(config, config.name)]}
+    client = _get_global_client()
+    if client is None:
+        raise RuntimeError("Serve is not running")
+    client.deploy_apps(ServeDeploySchema.model_validate(document))
+    # Until the controller has taken the new config, the status is the previous one's.
+    time.sleep(DEPLOY_POLL_S)
+    while True:
+        app = serve.status().applications.get(config.name)
+        status = str(app.status) if app is not None else ""
+        if status.endswith("RUNNING"):
+            return
+        if status.endswith("DEPLOY_FAILED") and app is not None:
+            raise RuntimeError(f"Deploying application {config.name} failed: {app.message}")
+        time.sleep(DEPLOY_POLL_S)
+
+
 def run_local(
     config: ServingConfig,
     host: str,
     port: int,
     on_ready: Callable[[str], None],
     on_phase: Callable[[Phase], None] | None = None,
+    reload: Callable[[], ServingConfig | None] | None = None,
 ) -> int:
     """Start Ray and Serve, deploy `config`, call `on_ready(base_url)`, and block until
     SIGINT or SIGTERM; then stop Serve and Ray. Returns the exit status.
 
     `on_phase` hears of the steps before that (see `Phase`). A failure to start raises
-    the exception Ray or Serve raised, after Serve and Ray are stopped.
+    the exception Ray or Serve raised, after Serve and Ray are stopped. `reload`, asked
+    once a second while serving, returns a changed config to deploy over the running
+    one (Serve keeps what did not change: an adapter added or removed reconfigures the
+    replicas, it does not restart them), or None.
     """
     import ray
     from ray import serve
-
-    from modelfleet_serving.app import build_app
 
     stop = threading.Event()
 
@@ -237,11 +276,17 @@ def run_local(
         # Deploying blocks until every replica is healthy (the engine has loaded), or
         # raises if one cannot start; a signal meanwhile ends the process the usual way.
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        serve.run(build_app(config), name=config.name, route_prefix="/")
+        deploy(config)
         signal.signal(signal.SIGINT, _stop)
         on_ready(f"http://{host}:{port}")
         while not stop.wait(1.0):
-            pass
+            changed = reload() if reload is not None else None
+            if changed is not None:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                deploy(changed)
+                signal.signal(signal.SIGINT, _stop)
+                if on_phase is not None:
+                    on_phase(Phase.RELOADED)
         if on_phase is not None:
             on_phase(Phase.STOPPING)
         return 0

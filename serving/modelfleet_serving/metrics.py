@@ -213,17 +213,24 @@ class IngressMetrics:
         )
         self.registry.register(_EngineCollector(model, summaries, target_queue_depth))
 
-    def count(self, pool: str, status: int) -> None:
-        """Count one answered request."""
-        self.requests.labels(self.model, pool, str(status)).inc()
+    def count(self, pool: str, status: int, model: str | None = None) -> None:
+        """Count one answered request; `model` is the name asked for (a LoRA adapter's,
+        or by default the deployment's served name)."""
+        self.requests.labels(model or self.model, pool, str(status)).inc()
 
     def observe_request(
-        self, pool: str, arrived: float, first_byte: float | None, done: float
+        self,
+        pool: str,
+        arrived: float,
+        first_byte: float | None,
+        done: float,
+        model: str | None = None,
     ) -> None:
         """Record one relayed request's times (`time.monotonic()` seconds)."""
+        model = model or self.model
         if first_byte is not None:
-            self.first_byte.labels(self.model, pool).observe(first_byte - arrived)
-        self.duration.labels(self.model, pool).observe(done - arrived)
+            self.first_byte.labels(model, pool).observe(first_byte - arrived)
+        self.duration.labels(model, pool).observe(done - arrived)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -25,6 +25,7 @@ from ray import serve
 from modelfleet_serving.autoscaling_ray import queue_depth_stats
 from modelfleet_serving.config import ServingConfig
 from modelfleet_serving.engines import EngineStats, create_engine
+from modelfleet_serving.models import resolve_model_source
 from modelfleet_serving.replica_http import ReplicaAPI
 from modelfleet_serving.stats_hub import stats_hub
 from modelfleet_serving.telemetry import RUNNING, STARTING, UNHEALTHY, ReplicaReport
@@ -104,6 +105,10 @@ class LLMServer:
         self._engine = create_engine(self._config)
         # Only a front door that read it from the hub can call this replica's API.
         self._token = secrets.token_urlsafe(32)
+        # LoRA adapters: what is loaded (name -> source), what failed (name -> reason).
+        self._adapters: dict[str, str] = {}
+        self._adapter_errors: dict[str, str] = {}
+        self._adapters_lock = asyncio.Lock()
         self._api = ReplicaAPI(
             self._engine,
             _request_models(),
@@ -139,6 +144,8 @@ class LLMServer:
                 address=self._address,
                 queued=self._api.queued,
                 token=self._token,
+                adapters=tuple(sorted(self._adapters)),
+                adapter_errors=dict(self._adapter_errors),
             )
         )
 
@@ -150,6 +157,41 @@ class LLMServer:
                 # Metrics must never take serving down; the next round retries.
                 logger.warning("stats report failed", exc_info=True)
             await asyncio.sleep(REPORT_INTERVAL_S)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve hands over the deployment's `user_config` (config.adapters_user_config)
+        when the replica starts and whenever it changes: load the adapters that are new
+        or whose source changed, unload those no longer listed. Never raises: a failed
+        adapter is reported (the front door's /health, the log) and the base model and
+        the other adapters keep serving; Serve would otherwise replace the replica."""
+        wanted = {a["name"]: a["source"] for a in user_config.get("adapters") or []}
+        async with self._adapters_lock:
+            for name in [n for n in self._adapters if wanted.get(n) != self._adapters[n]]:
+                try:
+                    await self._engine.unload_adapter(name)
+                except Exception:
+                    logger.warning("unloading adapter %r failed", name, exc_info=True)
+                del self._adapters[name]
+            self._adapter_errors = {
+                n: e for n, e in self._adapter_errors.items() if wanted.get(n) is not None
+            }
+            for name, source in wanted.items():
+                if name in self._adapters:
+                    continue
+                try:
+                    path = await asyncio.to_thread(resolve_model_source, source)
+                    await self._engine.load_adapter(name, path)
+                except Exception as e:
+                    reason = str(e).strip() or type(e).__name__
+                    self._adapter_errors[name] = reason
+                    logger.warning("adapter %r from %s failed to load: %s", name, source, reason)
+                    continue
+                self._adapters[name] = source
+                self._adapter_errors.pop(name, None)
+                logger.info("adapter %r loaded from %s", name, source)
+        # At once, so the front door routes to the new adapters within a refresh.
+        with contextlib.suppress(Exception):
+            await self._report()
 
     async def address(self) -> str:
         """Where this replica's OpenAI API listens (empty while the engine loads)."""

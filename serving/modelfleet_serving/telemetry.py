@@ -227,6 +227,10 @@ class ReplicaReport:
     """Requests at the replica that have not had their first token yet."""
     token: str = ""
     """What the front door sends the replica's API to prove itself (replica_http.py)."""
+    adapters: tuple[str, ...] = ()
+    """LoRA adapters loaded and served by this replica."""
+    adapter_errors: dict[str, str] = field(default_factory=dict)
+    """Adapters the spec lists that failed to load here, with the reason."""
 
 
 @dataclass

@@ -30,10 +30,9 @@ import httpx
 import pytest
 import yaml
 from modelfleet_operator.api.v1alpha1 import ModelDeployment
-from modelfleet_operator.render import APP_IMPORT_PATH
 from modelfleet_operator.translate import serving_config
 from modelfleet_serving.autoscaling_ray import application_policy_for
-from modelfleet_serving.config import ServingConfig
+from modelfleet_serving.config import ServingConfig, application_config
 from modelfleet_serving.local import OBJECT_STORE_BYTES, logical_cpus
 from modelfleet_serving.metrics import PREFIX, REPLICAS, REQUESTS_WAITING
 from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
@@ -84,19 +83,13 @@ class Deployed:
 
 
 def _serve_config(config: ServingConfig, port: int) -> dict[str, Any]:
-    """The Serve config a RayService carries, listening on 127.0.0.1:`port`."""
+    """The Serve config a RayService carries (its application as render builds it),
+    listening on 127.0.0.1:`port`."""
+    application = application_config(config, config.name)
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [
-            {
-                "name": config.name,
-                "route_prefix": "/",
-                "import_path": APP_IMPORT_PATH,
-                "args": {"config": config.model_dump(mode="json")},
-                "autoscaling_policy": application_policy_for(config),
-            }
-        ],
+        "applications": [application | {"autoscaling_policy": application_policy_for(config)}],
     }
 
 

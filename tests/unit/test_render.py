@@ -227,6 +227,51 @@ def test_serve_config_carries_the_serving_config() -> None:
     )
 
 
+def _serve_app(model: ModelDeployment) -> dict[str, Any]:
+    (app,) = yaml.safe_load(rayservice(model)["spec"]["serveConfigV2"])["applications"]
+    return app  # type: ignore[no-any-return]
+
+
+ADAPTER = {"name": "support", "source": "pvc://adapters/support"}
+
+
+def test_adapters_go_to_the_replicas_user_config_not_the_app_args() -> None:
+    model = md(model={**BASE["spec"]["model"], "adapters": [ADAPTER]})
+    app = _serve_app(model)
+    assert "adapters" not in app["args"]["config"]
+    assert app["args"]["config"]["engine"]["max_loras"] == 4  # the default, filled in
+    pools = [p["name"] for p in BASE["spec"]["nodePools"]]
+    assert app["deployments"] == [
+        {
+            "name": pool,
+            "user_config": {
+                "adapters": [
+                    {"name": "support", "source": f"file://{PVC_MOUNT_ROOT}/adapters/support"}
+                ]
+            },
+        }
+        for pool in pools
+    ]
+
+
+def test_a_change_of_adapters_changes_only_the_user_config() -> None:
+    """Serve then reconfigures the running replicas instead of replacing them."""
+    spec_model = {**BASE["spec"]["model"]}
+    one = _serve_app(md(model=spec_model | {"adapters": [ADAPTER]}))
+    two = _serve_app(
+        md(model=spec_model | {"adapters": [ADAPTER, {"name": "b", "source": "hf://o/b"}]})
+    )
+    none = _serve_app(md(model=spec_model, engine={"maxLoras": 4}))
+    assert one["args"] == two["args"] == none["args"]
+    assert one["deployments"] != two["deployments"]
+    assert none["deployments"][0]["user_config"] == {"adapters": []}
+
+
+def test_no_lora_no_user_config() -> None:
+    app = _serve_app(md())
+    assert "deployments" not in app and "max_loras" not in app["args"]["config"]["engine"]
+
+
 def test_secrets_reach_pods_as_references_only() -> None:
     model = md(
         model={

@@ -23,6 +23,7 @@ EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 NEEDS = {
     "llama3-70b-pvc.yaml": ["model.source pvc://", "node pool 'h100' (H100) asks for GPUs"],
     "qwen2-7b-awq.yaml": ["node pools 'l20' (L20), 'a100' (A100) ask for GPUs"],
+    "tiny-cpu-lora.yaml": [],
     "tiny-cpu-two-pools.yaml": [],
     "tiny-cpu.yaml": [],
     "tiny-triton.yaml": [],

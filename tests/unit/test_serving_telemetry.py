@@ -97,3 +97,12 @@ def test_metrics_expose_every_design_name_with_labels() -> None:
     assert f'{REPLICAS}{{model="tiny",pool="cpu",state="running"}} 1.0' in text
     assert f'{AUTOSCALING_TARGET_QUEUE_DEPTH}{{model="tiny",pool="cpu"}} 8.0' in text
     assert f'{TIME_TO_FIRST_TOKEN}_count{{model="tiny",pool="cpu"}} 1.0' in text
+
+
+def test_requests_for_an_adapter_carry_its_name() -> None:
+    metrics = IngressMetrics("tiny", dict, target_queue_depth=8)
+    metrics.count("cpu", 200, "support-lora")
+    metrics.count("cpu", 200)
+    text = metrics.render().decode()
+    assert f'{REQUESTS_TOTAL}{{code="200",model="support-lora",pool="cpu"}} 1.0' in text
+    assert f'{REQUESTS_TOTAL}{{code="200",model="tiny",pool="cpu"}} 1.0' in text

@@ -156,8 +156,40 @@ class ModelShapeSpec(_Spec):
         return self
 
 
+class AdapterSpec(_Spec):
+    """A LoRA adapter of the model, served under a name of its own."""
+
+    name: Annotated[
+        str,
+        Field(
+            description='The OpenAI "model" value that selects the adapter.',
+            min_length=1,
+            max_length=128,
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        ),
+    ]
+    source: Annotated[
+        str,
+        Field(
+            description="Where the adapter's files (adapter_config.json and weights) live: "
+            "the same schemes as the model's source; builtin://tiny-llama-lora is a "
+            "generated adapter of builtin://tiny-llama.",
+            pattern=r"^(hf|s3|pvc|file|builtin)://.+",
+        ),
+    ]
+
+
 class ModelSpec(_Spec):
     """The model to serve: where its weights live and the name clients use."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.adapters) || self.adapters.all(a, a.name != self.servedName)",
+                "an adapter has the model's own servedName; give the adapter another name",
+            ),
+        )
+    )
 
     source: Annotated[
         str,
@@ -202,6 +234,20 @@ class ModelSpec(_Spec):
         default=None,
         description="The model's shape for the capacity check, where the operator cannot "
         "read the checkpoint (pvc://, s3://) or to override what it reads.",
+    )
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list,
+        max_length=64,
+        description="LoRA adapters served next to the model, each under its own name. "
+        "Adding or removing one loads or unloads it on the running replicas, without a "
+        "restart, once the engine runs with LoRA support (adapters listed, or "
+        "engine.maxLoras set, when the replicas started). vLLM only.",
+        json_schema_extra=validations(
+            cel(
+                "self.all(a, self.filter(b, b.name == a.name).size() == 1)",
+                "adapter names must be unique; rename the repeated adapter",
+            )
+        ),
     )
 
 
@@ -311,6 +357,25 @@ class EngineSpec(_Spec):
             description="KV-cache size for CPU-only pools (VLLM_CPU_KVCACHE_SPACE).",
         ),
     ] = None
+    max_loras: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=256,
+            description="LoRA adapters one batch may mix (vLLM --max-loras); default 4 "
+            "when model.adapters is set. Set it with no adapters to start the engine with "
+            "LoRA support, so that adapters can be added later without a restart.",
+        ),
+    ] = None
+    max_lora_rank: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=512,
+            description="Largest adapter rank the engine accepts (vLLM --max-lora-rank); "
+            "an adapter of higher rank fails to load.",
+        ),
+    ] = 16
     extra_args: dict[str, ScalarArg] = Field(
         default_factory=dict,
         description="Further engine flags by name (e.g. enable-prefix-caching: true); "

@@ -91,6 +91,19 @@ class Engine(ABC):
     def completion(self, request: CompletionRequest) -> AsyncIterator[EngineItem]:
         """Answer a text completion request (see the streaming convention)."""
 
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Load LoRA adapter `name` from `path` so requests can ask for it by name.
+
+        Raises an exception whose message says why it cannot (missing files, a rank
+        over the limit, weights that do not fit the base model); the engine keeps
+        serving the base model and its other adapters either way.
+        """
+        raise ValueError(f"the {type(self).__name__} does not serve LoRA adapters")
+
+    async def unload_adapter(self, name: str) -> None:
+        """Stop serving adapter `name` and free what it holds."""
+        return None
+
     def max_model_len(self) -> int:
         """Context length in tokens the engine serves."""
         return self.config.engine.max_model_len

@@ -21,7 +21,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from modelfleet_serving.config import ServingConfig
+from modelfleet_serving.config import DEFAULT_MAX_LORA_RANK, DEFAULT_MAX_LORAS, ServingConfig
 from modelfleet_serving.engines.base import Engine, EngineItem, EngineStats
 from modelfleet_serving.errors import ServingError, from_engine_error, internal, unavailable
 from modelfleet_serving.models import resolve_model_source
@@ -57,6 +57,14 @@ def engine_cli_args(config: ServingConfig, model_path: str) -> list[str]:
     ]  # fmt: skip
     if config.model.quantization:
         args += ["--quantization", config.model.quantization]
+    if config.lora_enabled:
+        # Adapters themselves are loaded at run time (load_adapter), never from here:
+        # the engine starts the same whatever adapters the spec lists.
+        args += [
+            "--enable-lora",
+            "--max-loras", str(config.engine.max_loras or DEFAULT_MAX_LORAS),
+            "--max-lora-rank", str(config.engine.max_lora_rank or DEFAULT_MAX_LORA_RANK),
+        ]  # fmt: skip
     for name, value in engine.extra_args.items():
         flag = "--" + name.replace("_", "-")
         if value is True:
@@ -76,6 +84,7 @@ class VLLMEngine(Engine):
         self._client: AsyncLLM | None = None
         self._chat: Any = None
         self._completion: Any = None
+        self._models: Any = None
         self._stats = EngineStats(waiting=0, running=0, kv_cache_usage=0.0)
 
     async def start(self) -> None:
@@ -110,6 +119,7 @@ class VLLMEngine(Engine):
         await init_app_state(self._client, state, args, supported_tasks)
         self._chat = state.openai_serving_chat
         self._completion = state.openai_serving_completion
+        self._models = state.openai_serving_models
         logger.info("vLLM engine started for %s (%s)", self.config.model.served_name, model_path)
 
     async def check_health(self) -> None:
@@ -127,6 +137,38 @@ class VLLMEngine(Engine):
         if self._client is not None:
             self._client.shutdown()
             self._client = None
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter through vLLM's own model registry, which also makes the
+        chat and completion handlers accept `name` as the model (as vLLM's
+        /v1/load_lora_adapter does)."""
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
+
+        if self._models is None:
+            raise RuntimeError("the engine is not running")
+        if not self.config.lora_enabled:
+            raise ValueError(
+                "the engine runs without LoRA support; list the adapter in the spec "
+                "(or set engine.maxLoras) before the replicas start"
+            )
+        result = await self._models.load_lora_adapter(
+            LoadLoRAAdapterRequest(lora_name=name, lora_path=path)
+        )
+        if isinstance(result, ErrorResponse):
+            raise ValueError(result.error.message)
+
+    async def unload_adapter(self, name: str) -> None:
+        """Unregister the adapter and evict it from the engine."""
+        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+        if self._models is None or self._client is None:
+            return
+        lora = self._models.lora_requests.get(name)
+        if lora is None:
+            return
+        await self._models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
+        await self._client.remove_lora(lora.lora_int_id)
 
     def chat(self, request: ChatCompletionRequest) -> AsyncIterator[EngineItem]:
         """Chat completion through vLLM's `OpenAIServingChat`."""

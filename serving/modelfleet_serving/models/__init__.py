@@ -8,6 +8,8 @@ from urllib.parse import urlparse
 from modelfleet_serving.config import PVC_MOUNT_ROOT
 
 BUILTIN_TINY_LLAMA = "builtin://tiny-llama"
+# A LoRA adapter of the tiny Llama whose output differs from the base model's.
+BUILTIN_TINY_LLAMA_LORA = "builtin://tiny-llama-lora"
 # A Triton model repository (engine.triton.repository), not weights: see triton_standin.
 BUILTIN_TRITON_STANDIN = "builtin://tiny-triton-standin"
 
@@ -25,6 +27,10 @@ def resolve_model_source(source: str) -> str:
         from modelfleet_serving.models.tiny_llama import ensure_tiny_llama
 
         return str(ensure_tiny_llama())
+    if source == BUILTIN_TINY_LLAMA_LORA:
+        from modelfleet_serving.models.tiny_llama import ensure_tiny_lora
+
+        return str(ensure_tiny_lora())
     if source == BUILTIN_TRITON_STANDIN:
         from modelfleet_serving.models.triton_standin import ensure_triton_standin
 

@@ -1,4 +1,5 @@
-"""The generated test model behind `builtin://tiny-llama`.
+"""The generated test model behind `builtin://tiny-llama`, and its LoRA adapter
+behind `builtin://tiny-llama-lora`.
 
 A Llama with hidden size 128, 2 layers and 2 attention heads (head_dim 64: vLLM's CPU
 attention kernels refuse head_dim 16), random weights from a fixed seed, a byte-level
@@ -72,22 +73,75 @@ def model_dir(root: Path | None = None) -> Path:
 
 def ensure_tiny_llama(root: Path | None = None) -> Path:
     """Return the tiny model's directory, generating it first when it is missing."""
-    target = model_dir(root)
-    if (target / "config.json").is_file():
+    return _ensure(model_dir(root), "config.json", _write_model)
+
+
+def lora_dir(root: Path | None = None) -> Path:
+    """Where the tiny model's LoRA adapter of the current VERSION lives."""
+    return (root or cache_root()) / f"tiny-llama-lora-{VERSION}"
+
+
+def ensure_tiny_lora(root: Path | None = None) -> Path:
+    """Return the tiny model's LoRA adapter directory, generating it when missing.
+
+    A PEFT-format adapter (adapter_config.json + adapter_model.safetensors) of rank
+    `LORA_RANK` on every layer's q_proj and v_proj, with weights large enough that
+    greedy output with the adapter differs from the base model's: a test can tell
+    which of the two answered.
+    """
+    return _ensure(lora_dir(root), "adapter_config.json", _write_lora)
+
+
+def _ensure(target: Path, marker: str, write: Any) -> Path:
+    if (target / marker).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        _write_model(tmp)
+        write(tmp)
         try:
             os.rename(tmp, target)
         except OSError:
             # Another process finished first; its copy is identical (same seed).
-            if not (target / "config.json").is_file():
+            if not (target / marker).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+LORA_RANK = 8
+LORA_ALPHA = 16
+LORA_TARGETS = ("q_proj", "v_proj")
+LORA_SEED = 4321
+
+
+def _write_lora(path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(LORA_SEED)
+    tensors = {}
+    for i in range(LAYERS):
+        for module in LORA_TARGETS:
+            prefix = f"base_model.model.model.layers.{i}.self_attn.{module}."
+            a = rng.standard_normal((LORA_RANK, HIDDEN)) * 0.5
+            b = rng.standard_normal((HIDDEN, LORA_RANK)) * 0.5
+            tensors[prefix + "lora_A.weight"] = a.astype(np.float32)
+            tensors[prefix + "lora_B.weight"] = b.astype(np.float32)
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": LORA_RANK,
+        "lora_alpha": LORA_ALPHA,
+        "lora_dropout": 0.0,
+        "target_modules": list(LORA_TARGETS),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "base_model_name_or_path": str(model_dir(path.parent)),
+    }
+    (path / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
 def _train_tokenizer() -> Any:
