@@ -302,13 +302,20 @@ class OpenAIIngress:
             pool, replicas = self._candidates(prefix, model)
         for replica in replicas[:MAX_ATTEMPTS]:
             address = replica.address
+            # Counted from now, not from the answer's headers: a request waiting for
+            # the engine is load on that replica too (the routing policies read it).
+            self._busy[address] = self._busy.get(address, 0) + 1
             try:
                 headers = {"Content-Type": "application/json", TOKEN_HEADER: replica.token}
                 response = await self._session.post(address + path, data=raw, headers=headers)
                 return pool, address, response
             except aiohttp.ClientConnectionError:
+                self._release(address)
                 logger.warning("LLM replica %s cannot be reached; trying another", address)
                 self._skip_until[address] = time.monotonic() + SKIP_AFTER_FAILURE_S
+            except BaseException:
+                self._release(address)
+                raise
         raise ServingError(unavailable("no LLM replica could take the request"))
 
     async def _generate(self, request: Request, kind: str, path: str) -> Response:
@@ -325,7 +332,6 @@ class OpenAIIngress:
         try:
             async with asyncio.timeout_at(self._loop_time(deadline)):
                 pool, address, response = await self._connect(path, raw, model, prefix)
-                self._busy[address] = self._busy.get(address, 0) + 1
                 if response.content_type != "text/event-stream":
                     body = await response.read()
                     self._finish(pool, address, response.status, arrived, arrived, model)
@@ -376,6 +382,10 @@ class OpenAIIngress:
                     if first is None:
                         first = time.monotonic()
                     yield chunk
+                    # When the replica is ahead, reads and writes complete without
+                    # waiting, and one stream would hold the event loop until it ends:
+                    # every other request (new ones, /health) waited for it. Yield.
+                    await asyncio.sleep(0)
         except TimeoutError:
             # Headers are sent already: report in-band, as vLLM does.
             info = timed_out(self._config.request_timeout_s)
@@ -397,6 +407,14 @@ class OpenAIIngress:
         """A `time.monotonic()` deadline on the running loop's clock."""
         return asyncio.get_running_loop().time() + (monotonic_deadline - time.monotonic())
 
+    def _release(self, address: str) -> None:
+        """One request fewer in flight at `address`."""
+        left = self._busy.get(address, 1) - 1
+        if left > 0:
+            self._busy[address] = left
+        else:
+            self._busy.pop(address, None)
+
     def _finish(
         self,
         pool: str,
@@ -406,8 +424,6 @@ class OpenAIIngress:
         first: float | None,
         model: str,
     ) -> None:
-        self._busy[address] = max(self._busy.get(address, 1) - 1, 0)
-        if self._busy[address] == 0:
-            del self._busy[address]
+        self._release(address)
         self._metrics.count(pool, status, model)
         self._metrics.observe_request(pool, arrived, first, time.monotonic(), model)

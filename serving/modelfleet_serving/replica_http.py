@@ -230,6 +230,9 @@ class ReplicaAPI:
                 async for chunk in items:
                     body = chunk.encode() if isinstance(chunk, str) else json.dumps(chunk).encode()
                     await send({"type": "http.response.body", "body": body, "more_body": True})
+                    # The engine's outputs and the socket are often ready at once; without
+                    # a pause one stream keeps the loop from accepting new requests.
+                    await asyncio.sleep(0)
             except ServingError as e:
                 tail = sse_error(e.info)
             except Exception as e:

@@ -105,8 +105,10 @@ def test_every_configured_key_works_with_the_openai_client(limited_serve: str) -
     assert httpx.get(f"{limited_serve}/metrics", timeout=30).status_code == 200
 
 
-def _engine_waiting(base: str) -> int:
-    return sum(r["waiting"] for r in httpx.get(f"{base}/health", timeout=30).json()["replicas"])
+async def _engine_waiting(client: httpx.AsyncClient, base: str) -> int:
+    """Requests waiting in the engines, as the replicas last reported (twice a second)."""
+    response = await client.get(f"{base}/health", timeout=30)
+    return sum(r["waiting"] for r in response.json()["replicas"])
 
 
 async def test_queue_limit_is_429_and_service_continues(limited_serve: str) -> None:
@@ -127,19 +129,25 @@ async def test_queue_limit_is_429_and_service_continues(limited_serve: str) -> N
             async for line in response.aiter_lines():
                 if started is not None and line.startswith("data: {"):
                     started.set()
+                # Lines already buffered come without a pause: give the other tasks
+                # (the requests sent next, the polling below) their turn.
+                await asyncio.sleep(0)
             return 200
 
     async with httpx.AsyncClient(timeout=300) as client:
         # One request generates (one sequence per batch)...
         generating = asyncio.Event()
+        sent = time.monotonic()
         first = asyncio.create_task(one(client, generating))
         await asyncio.wait_for(generating.wait(), timeout=120)
         # ...the next three wait for the engine, which is the queue the limit counts...
         waiting = [asyncio.create_task(one(client)) for _ in range(QUEUE_LIMIT)]
         deadline = time.monotonic() + 60
-        while await asyncio.to_thread(_engine_waiting, limited_serve) < QUEUE_LIMIT:
-            assert time.monotonic() < deadline, "the three requests never queued in the engine"
-            assert not first.done(), "the first request finished before the others queued"
+        seen: list[tuple[float, int]] = [(round(time.monotonic() - sent, 2), -1)]
+        while (waiting_now := await _engine_waiting(client, limited_serve)) < QUEUE_LIMIT:
+            seen.append((round(time.monotonic() - sent, 2), waiting_now))
+            assert time.monotonic() < deadline, f"the requests never queued: {seen[-20:]}"
+            assert not first.done(), f"the first request finished first; waiting: {seen[-20:]}"
             await asyncio.sleep(0.1)
         # ...so one more, while the first still generates, is refused.
         refused = await client.post(url, json={**body, "stream": False}, headers=headers)
