@@ -144,14 +144,23 @@ def ray_service_readiness(ray_service: Mapping[str, Any]) -> tuple[bool, str, st
     return False, REASON_WAITING, f"waiting for KubeRay to report on RayService {name}"
 
 
+def _deployments(service_status: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """Serve deployment statuses of our app in one of KubeRay's service statuses."""
+    apps = (service_status or {}).get("applicationStatuses") or {}
+    return (apps.get(APP_NAME) or {}).get("serveDeploymentStatuses") or {}
+
+
 def _pools(
     md: ModelDeployment,
     ray_service: Mapping[str, Any] | None,
     unschedulable: Mapping[str, str],
 ) -> list[PoolStatus]:
-    active = ((ray_service or {}).get("status") or {}).get("activeServiceStatus") or {}
-    app = (active.get("applicationStatuses") or {}).get(APP_NAME) or {}
-    deployments = app.get("serveDeploymentStatuses") or {}
+    status = (ray_service or {}).get("status") or {}
+    deployments = _deployments(status.get("activeServiceStatus"))
+    if not deployments:
+        # Before the first cluster serves, KubeRay reports the app being deployed (and
+        # why its replicas are slow, e.g. a model still loading) as the pending one.
+        deployments = _deployments(status.get("pendingServiceStatus"))
     pools = []
     for pool in md.spec.node_pools:
         # The serving app names each pool's Serve deployment after the pool.

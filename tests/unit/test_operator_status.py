@@ -293,3 +293,24 @@ def test_an_unschedulable_pool_is_named_with_the_schedulers_reason() -> None:
     pools = {p["name"]: p for p in status["pools"]}
     assert (pools["b"]["state"], pools["b"]["message"]) == ("Unschedulable", why)
     assert pools["a"]["state"] != "Unschedulable"
+
+
+def test_pools_show_the_pending_app_before_the_first_cluster_serves() -> None:
+    slow = "Deployment 'a' has 1 replicas that have taken more than 30s to initialize."
+    rs = {
+        "metadata": {"name": "m"},
+        "status": {
+            "activeServiceStatus": {"rayClusterStatus": {}},
+            "pendingServiceStatus": {
+                "applicationStatuses": {
+                    "modelfleet": {
+                        "serveDeploymentStatuses": {"a": {"status": "UPDATING", "message": slow}}
+                    }
+                }
+            },
+        },
+    }
+    status = decide(Observation(generation=1, md=MD, namespace="ns", ray_service=rs), {}, NOW)
+    pools = {p["name"]: p for p in status["pools"]}
+    assert (pools["a"]["state"], pools["a"]["message"]) == ("UPDATING", slow)
+    assert pools["b"]["state"] == "Unknown"
