@@ -25,6 +25,8 @@ from typing import Any
 import yaml
 from modelfleet_serving.autoscaling_ray import application_policy_for
 from modelfleet_serving.config import (
+    API_KEYS_DIR,
+    API_KEYS_FILE,
     PoolConfig,
     ServingConfig,
     application_config,
@@ -140,20 +142,27 @@ def _quantity_cpu(cores: float) -> str:
 
 def _env(md: ModelDeployment, config: ServingConfig) -> list[dict[str, Any]]:
     """Environment of every Ray container: the Serve settings the data plane was
-    measured with (serve_env.py), and the API keys, read from the user's Secret."""
-    env: list[dict[str, Any]] = [
-        {"name": name, "value": value} for name, value in sorted(CLUSTER_SERVE_ENV.items())
-    ]
+    measured with (serve_env.py). The API keys come as a file (`_api_keys_volume`)."""
+    return [{"name": name, "value": value} for name, value in sorted(CLUSTER_SERVE_ENV.items())]
+
+
+API_KEYS_VOLUME = "api-keys"
+
+
+def _api_keys_volume(md: ModelDeployment) -> list[dict[str, Any]]:
+    """The user's API-key Secret as a volume: the one key, as the file the front door
+    re-reads (config.API_KEYS_FILE), so a rotated key needs no pod restart."""
     ref = md.spec.serving.api_key_secret_ref
-    if ref is None or config.api_keys_env is None:
-        return env
-    return [
-        *env,
-        {
-            "name": config.api_keys_env,
-            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-        },
-    ]
+    if ref is None:
+        return []
+    items = [{"key": ref.key, "path": API_KEYS_FILE.rsplit("/", 1)[1]}]
+    return [{"name": API_KEYS_VOLUME, "secret": {"secretName": ref.name, "items": items}}]
+
+
+def _api_keys_mount(md: ModelDeployment) -> list[dict[str, Any]]:
+    if md.spec.serving.api_key_secret_ref is None:
+        return []
+    return [{"name": API_KEYS_VOLUME, "mountPath": API_KEYS_DIR, "readOnly": True}]
 
 
 def _env_from(md: ModelDeployment) -> list[dict[str, Any]]:
@@ -176,7 +185,7 @@ def _container(
         # YAML anchor and alias, which kubectl accepts but people reading it do not.
         container["env"] = copy.deepcopy(env)
     if env_from:
-        container["envFrom"] = env_from
+        container["envFrom"] = copy.deepcopy(env_from)
     container.update({k: v for k, v in extra.items() if v})
     return container
 
@@ -209,7 +218,18 @@ def _head_group(md: ModelDeployment, image: str, env: list[Any], env_from: list[
         "template": {
             "metadata": {"labels": {LABEL_DEPLOYMENT: md.metadata.name}},
             "spec": {
-                "containers": [_container("ray-head", image, resources, env, env_from, ports=ports)]
+                "containers": [
+                    _container(
+                        "ray-head",
+                        image,
+                        resources,
+                        env,
+                        env_from,
+                        ports=ports,
+                        volumeMounts=_api_keys_mount(md),
+                    )
+                ],
+                **({"volumes": _api_keys_volume(md)} if _api_keys_volume(md) else {}),
             },
         },
     }
@@ -250,9 +270,11 @@ def _worker_group(
                 {"requests": dict(amounts), "limits": dict(amounts)},
                 env,
                 env_from,
+                # The front door may run on any Ray node, so every pod gets the keys.
                 volumeMounts=[
                     {"name": m.volume, "mountPath": m.mount_path, "readOnly": True} for m in mounts
-                ],
+                ]
+                + _api_keys_mount(md),
             )
         ]
     }
@@ -262,14 +284,12 @@ def _worker_group(
         pod_spec["tolerations"] = [
             t.model_dump(by_alias=True, exclude_none=True) for t in node_pool.tolerations
         ]
-    if mounts:
-        pod_spec["volumes"] = [
-            {
-                "name": m.volume,
-                "persistentVolumeClaim": {"claimName": m.claim, "readOnly": True},
-            }
-            for m in mounts
-        ]
+    volumes = [
+        {"name": m.volume, "persistentVolumeClaim": {"claimName": m.claim, "readOnly": True}}
+        for m in mounts
+    ] + _api_keys_volume(md)
+    if volumes:
+        pod_spec["volumes"] = volumes
     # The pod advertises the pool's custom resources, which each replica requests, so
     # the pool's replicas land on its pods and nowhere else.
     # `replicas` is left out on purpose: the Ray autoscaler owns it between the bounds.

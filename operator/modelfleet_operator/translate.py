@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelfleet_serving.config import (
+    API_KEYS_FILE,
     DEFAULT_API_KEYS_ENV,
     PVC_MOUNT_ROOT,
     AdapterConfig,
@@ -108,6 +109,7 @@ def serving_config(md: ModelDeployment, *, in_cluster: bool) -> ServingConfig:
     """
     spec = md.spec
     engine = spec.engine
+    keys = spec.serving.api_key_secret_ref is not None
 
     def source(value: str) -> str:
         return _in_cluster_source(value) if in_cluster else value
@@ -159,6 +161,9 @@ def serving_config(md: ModelDeployment, *, in_cluster: bool) -> ServingConfig:
         max_queued_requests=spec.serving.max_queued_requests,
         request_timeout_s=spec.serving.request_timeout_seconds,
         routing=RoutingPolicy(spec.serving.routing.value),
-        api_keys_env=DEFAULT_API_KEYS_ENV if spec.serving.api_key_secret_ref else None,
+        # In a cluster the Secret is a mounted file, re-read when it changes (no restart
+        # for a rotated key); `modelfleet serve` reads a variable.
+        api_keys_env=None if in_cluster or not keys else DEFAULT_API_KEYS_ENV,
+        api_keys_file=API_KEYS_FILE if in_cluster and keys else None,
         adapters=[AdapterConfig(name=a.name, source=source(a.source)) for a in spec.model.adapters],
     )

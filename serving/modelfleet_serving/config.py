@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # The environment variable that holds the accepted API keys (comma-separated) when
 # a deployment asks for keys; the operator fills it from the user's Secret.
 DEFAULT_API_KEYS_ENV = "MODELFLEET_API_KEYS"
+# Where the operator mounts the API-key Secret in the Ray pods, and the file in it.
+API_KEYS_DIR = "/etc/modelfleet/api-keys"
+API_KEYS_FILE = f"{API_KEYS_DIR}/keys"
 
 # Where the operator mounts the PersistentVolumeClaims of `pvc://claim/path` sources
 # (read-only) inside the Ray pods, one folder per claim. It lives here, in the serving
@@ -180,7 +183,12 @@ class ServingConfig(_Frozen):
     )
     api_keys_env: str | None = Field(
         default=None,
-        description="Environment variable holding accepted API keys; None disables keys.",
+        description="Environment variable holding accepted API keys (read once).",
+    )
+    api_keys_file: str | None = Field(
+        default=None,
+        description="File holding accepted API keys (a mounted Secret), re-read when it "
+        "changes; wins over api_keys_env. Neither set: no keys are asked for.",
     )
 
     @model_validator(mode="after")

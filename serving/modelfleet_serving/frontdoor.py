@@ -25,7 +25,6 @@ import asyncio
 import hmac
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +36,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modelfleet_serving.api_keys import KeySource
 from modelfleet_serving.config import ServingConfig
 from modelfleet_serving.errors import (
     ErrorInfo,
@@ -106,7 +106,7 @@ class OpenAIIngress:
         )
         # LoRA adapters some running replica serves, with the addresses serving each.
         self._adapters: dict[str, set[str]] = {}
-        self._keys = self._load_keys()
+        self._key_source = KeySource(env=self._config.api_keys_env, file=self._config.api_keys_file)
         self._pools = [p.name for p in self._config.pools]
         self._summaries: dict[str, PoolSummary] = summarize(
             [], self._pools, now=time.time(), stale_after=STALE_AFTER_S
@@ -129,16 +129,6 @@ class OpenAIIngress:
         )
         self._hub = stats_hub(self._config.name)
         self._refresher = asyncio.create_task(self._refresh_loop())
-
-    def _load_keys(self) -> list[bytes] | None:
-        env = self._config.api_keys_env
-        if env is None:
-            return None
-        keys = [k.strip().encode() for k in os.environ.get(env, "").split(",") if k.strip()]
-        if not keys:
-            # Fail closed: a deployment that asked for keys must not run open.
-            logger.error("API keys are required but %s is empty: every request gets 401", env)
-        return keys
 
     async def _refresh(self) -> None:
         reports = await self._hub.reports.remote()
@@ -163,13 +153,16 @@ class OpenAIIngress:
     async def _refresh_loop(self) -> None:
         while True:
             try:
+                # A rotated Secret reaches the mounted file within the kubelet's sync.
+                self._key_source.refresh()
                 await self._refresh()
             except Exception:
                 logger.warning("reading the stats hub failed", exc_info=True)
             await asyncio.sleep(REFRESH_INTERVAL_S)
 
     def _authorize(self, request: Request) -> None:
-        if self._keys is None:
+        keys = self._key_source.keys
+        if keys is None:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
@@ -177,7 +170,7 @@ class OpenAIIngress:
             raise ServingError(unauthorized("Missing API key: send 'Authorization: Bearer KEY'."))
         given = token.strip().encode()
         # Compare against every key without stopping early: no timing hint on a near miss.
-        matches = [hmac.compare_digest(given, key) for key in self._keys]
+        matches = [hmac.compare_digest(given, key) for key in keys]
         if not any(matches):
             raise ServingError(unauthorized("Invalid API key."))
 

@@ -33,7 +33,7 @@ from modelfleet_operator.render import (
 )
 from modelfleet_operator.render import render as render_objects
 from modelfleet_operator.translate import pool_resource_name, serving_config
-from modelfleet_serving.config import PVC_MOUNT_ROOT, ServingConfig
+from modelfleet_serving.config import API_KEYS_DIR, API_KEYS_FILE, PVC_MOUNT_ROOT, ServingConfig
 from modelfleet_serving.serve_env import CLUSTER_SERVE_ENV, SERVE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -285,16 +285,27 @@ def test_secrets_reach_pods_as_references_only() -> None:
     cluster = obj["spec"]["rayClusterConfig"]
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
         c = container(group)
-        secret_env = [e for e in c["env"] if e["name"] not in CLUSTER_SERVE_ENV]
-        assert secret_env == [
-            {
-                "name": "MODELFLEET_API_KEYS",
-                "valueFrom": {"secretKeyRef": {"name": "keys", "key": "api-keys"}},
-            }
-        ]
+        # No secret value in the spec: the API keys are a mounted Secret volume, the
+        # credentials an envFrom reference.
+        assert [e["name"] for e in c["env"]] == sorted(CLUSTER_SERVE_ENV)
         assert c["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+        assert {"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True} in c[
+            "volumeMounts"
+        ]
+        assert {
+            "name": "api-keys",
+            "secret": {"secretName": "keys", "items": [{"key": "api-keys", "path": "keys"}]},
+        } in group["template"]["spec"]["volumes"]
     config = yaml.safe_load(obj["spec"]["serveConfigV2"])["applications"][0]["args"]["config"]
-    assert config["api_keys_env"] == "MODELFLEET_API_KEYS"
+    # The front door re-reads the file, so a rotated key needs no restart.
+    assert config["api_keys_file"] == API_KEYS_FILE
+    assert config.get("api_keys_env") is None
+
+
+def test_locally_the_keys_come_from_a_variable() -> None:
+    model = md(serving={"apiKeySecretRef": {"name": "keys", "key": "api-keys"}})
+    local = serving_config(model, in_cluster=False)
+    assert (local.api_keys_env, local.api_keys_file) == ("MODELFLEET_API_KEYS", None)
 
 
 def test_no_secret_no_env_but_the_serve_settings() -> None:
