@@ -25,6 +25,7 @@ looks at paths), and tested with tables in tests/unit/test_serve_*.py.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shlex
 import shutil
@@ -624,6 +625,21 @@ def _needs_cpu_tritonserver(config: ServingConfig) -> bool:
     )
 
 
+# Locally the API keys come from MODELFLEET_API_KEYS, read once; with this variable
+# naming a file they come from that file instead, re-read twice a second as in a
+# cluster, so keys can be rotated while it serves.
+API_KEYS_FILE_ENV = "MODELFLEET_API_KEYS_FILE"
+
+
+def local_config(md: ModelDeployment) -> ServingConfig:
+    """The ServingConfig `modelfleet serve` runs for `md` (see API_KEYS_FILE_ENV)."""
+    config = serving_config(md, in_cluster=False)
+    keys_file = os.environ.get(API_KEYS_FILE_ENV)
+    if config.api_keys_env and keys_file:
+        config = config.model_copy(update={"api_keys_env": None, "api_keys_file": keys_file})
+    return config
+
+
 def serve(file: Path, host: str, port: int, *, verbose: bool = False) -> int:
     """Serve the ModelDeployment in `file` on `host:port` (0: a free port) until Ctrl-C.
 
@@ -634,7 +650,7 @@ def serve(file: Path, host: str, port: int, *, verbose: bool = False) -> int:
 
     try:
         md = ModelDeployment.from_object(yaml.safe_load(file.read_text()))
-        config = serving_config(md, in_cluster=False)
+        config = local_config(md)
     except (OSError, yaml.YAMLError, ValidationError) as e:
         print(f"{PREFIX}: {file}: {e}", file=sys.stderr)
         return 2
@@ -691,7 +707,7 @@ class FileWatcher:
         self._seen = text
         try:
             md = ModelDeployment.from_object(yaml.safe_load(text))
-            config = serving_config(md, in_cluster=False)
+            config = local_config(md)
         except (yaml.YAMLError, ValidationError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             self.say(f"{self.file} changed but cannot be read ({first}); still serving as before")
@@ -771,8 +787,8 @@ def _serve(
             '"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}'
         )
         auth = ""
-        if config.api_keys_env:
-            auth = f' -H "Authorization: Bearer ${config.api_keys_env}"'
+        if config.api_keys_env or config.api_keys_file:
+            auth = ' -H "Authorization: Bearer $KEY"'
         say(f"serving {config.model.served_name!r} at {base_url}/v1")
         print(
             f"curl -s {base_url}/v1/chat/completions -H 'Content-Type: application/json'"

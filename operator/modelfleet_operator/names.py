@@ -39,6 +39,7 @@ FIELD_MANAGER = "modelfleet-operator"
 PLURALS = {
     "Service": "services",
     "ConfigMap": "configmaps",
+    "NetworkPolicy": "networkpolicies",
     RAY_SERVICE_KIND: RAY_SERVICE_PLURAL,
     SERVICE_MONITOR_KIND: SERVICE_MONITOR_PLURAL,
 }

@@ -57,6 +57,12 @@ RAY_VERSION = "2.60.0"
 # The Serve application inside the RayService, and how Ray Serve builds it.
 APP_NAME = "modelfleet"
 SERVE_PORT = 8000
+# Ray's dashboard (job and Serve REST APIs) and its agent, which KubeRay calls to deploy
+# the serveConfigV2 and read the applications' status.
+DASHBOARD_PORT = 8265
+DASHBOARD_AGENT_PORT = 52365
+# The pods of the KubeRay operator, as its Helm chart labels them.
+KUBERAY_OPERATOR_POD_LABELS = {"app.kubernetes.io/name": "kuberay-operator"}
 # Seconds a Ray worker pod stays idle before the Ray autoscaler removes it.
 WORKER_IDLE_TIMEOUT_S = 60
 # The Ray autoscaler's container in the head pod.
@@ -203,7 +209,7 @@ def _head_group(md: ModelDeployment, image: str, env: list[Any], env_from: list[
     }
     ports = [
         {"name": "gcs-server", "containerPort": 6379},
-        {"name": "dashboard", "containerPort": 8265},
+        {"name": "dashboard", "containerPort": DASHBOARD_PORT},
         {"name": "client", "containerPort": 10001},
         {"name": "serve", "containerPort": SERVE_PORT},
     ]
@@ -417,6 +423,55 @@ def openai_service(md: ModelDeployment, *, namespace: str, owner_uid: str | None
     return finish_child(obj, md, owner_uid)
 
 
+def network_policy_name(name: str) -> str:
+    """The name of the NetworkPolicy around a ModelDeployment's Ray pods."""
+    return f"{name}-ray"
+
+
+def network_policy(md: ModelDeployment, *, namespace: str, owner_uid: str | None = None) -> Object:
+    """The NetworkPolicy around the Ray pods of `md`.
+
+    Ray's ports run code for whoever reaches them (the dashboard's job API on 8265, the
+    GCS on 6379, the client server on 10001: the "ShadowRay" attacks), so only the
+    OpenAI port (8000, which also serves /metrics) is open to every client. Everything
+    else is kept to the Ray pods of this ModelDeployment (the GCS, the object store, the
+    replicas' own APIs on ports Ray picks) and to the KubeRay operator on the dashboard
+    and its agent, which it calls to deploy the Serve config. It takes effect where the
+    cluster's network plugin enforces NetworkPolicies.
+    """
+    ray_pods = {"matchLabels": {LABEL_DEPLOYMENT: md.metadata.name}}
+    obj: Object = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": network_policy_name(md.metadata.name),
+            "namespace": namespace,
+            "labels": labels(md, "network-policy"),
+        },
+        "spec": {
+            "podSelector": ray_pods,
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"ports": [{"protocol": "TCP", "port": SERVE_PORT}]},
+                {"from": [{"podSelector": ray_pods}]},
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {},
+                            "podSelector": {"matchLabels": dict(KUBERAY_OPERATOR_POD_LABELS)},
+                        }
+                    ],
+                    "ports": [
+                        {"protocol": "TCP", "port": DASHBOARD_PORT},
+                        {"protocol": "TCP", "port": DASHBOARD_AGENT_PORT},
+                    ],
+                },
+            ],
+        },
+    }
+    return finish_child(obj, md, owner_uid)
+
+
 def render(
     md: ModelDeployment, *, image: str, namespace: str, owner_uid: str | None = None
 ) -> list[Object]:
@@ -433,4 +488,5 @@ def render(
     return [
         ray_service(md, config, image=chosen_image, namespace=ns, owner_uid=owner_uid),
         openai_service(md, namespace=ns, owner_uid=owner_uid),
+        network_policy(md, namespace=ns, owner_uid=owner_uid),
     ]

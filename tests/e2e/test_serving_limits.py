@@ -1,9 +1,9 @@
 """API keys (401) and the queue limit (429) on a second `modelfleet serve`.
 
-The example of manifests/examples/tiny-cpu.yaml with `apiKeySecretRef` set (locally the
-keys come from the MODELFLEET_API_KEYS variable, as the operator fills it from the
-Secret), `maxQueuedRequests: 3` and one sequence per batch: one request generates, the
-next three wait for the engine, and any more is refused, however fast the machine.
+The example of manifests/examples/tiny-cpu.yaml with `apiKeySecretRef` set (the keys
+come from a file named by MODELFLEET_API_KEYS_FILE, re-read as a mounted Secret is),
+`maxQueuedRequests: 3` and one sequence per batch: one request generates, the next
+three wait for the engine, and any more is refused, however fast the machine.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import psutil
 import pytest
 import yaml
 
+from tests.helpers import wait_until
 from tests.serve_fixtures import stop_serve, wait_for_serving
 
 pytestmark = pytest.mark.e2e
@@ -33,7 +34,22 @@ QUEUE_LIMIT = 3
 
 
 @pytest.fixture(scope="module")
-def limited_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The file the server reads its API keys from (one per line), as a mounted Secret."""
+    path = tmp_path_factory.mktemp("keys") / "keys"
+    path.write_text("\n".join(KEYS) + "\n")
+    return path
+
+
+def _rotate(path: Path, keys: list[str]) -> None:
+    """Replace the keys file in one step, as the kubelet swaps a Secret volume's files."""
+    new = path.with_name("keys.new")
+    new.write_text("\n".join(keys) + "\n")
+    new.replace(path)
+
+
+@pytest.fixture(scope="module")
+def limited_serve(tmp_path_factory: pytest.TempPathFactory, keys_file: Path) -> Iterator[str]:
     """`modelfleet serve` of the tiny example with API keys and a queue limit of 3."""
     workdir = tmp_path_factory.mktemp("limited-serve")
     manifest = yaml.safe_load((ROOT / "manifests/examples/tiny-cpu.yaml").read_text())
@@ -49,7 +65,7 @@ def limited_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     path = workdir / "tiny-limited.yaml"
     path.write_text(yaml.safe_dump(manifest))
     log_path = workdir / "serve.log"
-    env = os.environ | {"MODELFLEET_API_KEYS": ",".join(KEYS)}
+    env = os.environ | {"MODELFLEET_API_KEYS_FILE": str(keys_file)}
     command = [str(Path(sys.executable).with_name("modelfleet")), "serve", str(path), "--port", "0"]
     with log_path.open("w") as log:
         process = subprocess.Popen(
@@ -88,6 +104,23 @@ def test_missing_or_wrong_key_is_401(limited_serve: str, authorization: str | No
     assert set(error) == {"message", "type", "param", "code"}
     assert (error["type"], error["code"]) == ("authentication_error", "invalid_api_key")
     assert _chat(limited_serve, KEYS[0]).status_code == 200
+
+
+def test_a_rotated_key_is_honoured_within_seconds(limited_serve: str, keys_file: Path) -> None:
+    _rotate(keys_file, ["rotated-key", KEYS[1]])
+    try:
+        started = time.monotonic()
+        wait_until(
+            lambda: _chat(limited_serve, "rotated-key").status_code == 200,
+            "the new key to be accepted",
+            timeout=10,
+        )
+        print(f"rotated key honoured after {time.monotonic() - started:.1f} s")
+        assert _chat(limited_serve, KEYS[0]).status_code == 401  # the key taken out
+        assert _chat(limited_serve, KEYS[1]).status_code == 200  # the key kept
+    finally:
+        _rotate(keys_file, list(KEYS))
+    wait_until(lambda: _chat(limited_serve, KEYS[0]).status_code == 200, "keys restored", 10)
 
 
 def test_models_need_a_key_too(limited_serve: str) -> None:

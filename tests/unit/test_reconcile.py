@@ -260,10 +260,12 @@ def test_first_reconciliation_creates_the_children_and_writes_the_status_once() 
     assert kube.verbs("apply") == [
         _key(RAY_API_VERSION, RAY_SERVICE_KIND, NAMESPACE, NAME),
         _key("v1", "Service", NAMESPACE, f"{NAME}-openai"),
+        _key("networking.k8s.io/v1", "NetworkPolicy", NAMESPACE, f"{NAME}-ray"),
     ]
     assert events.seen == [
         ("Normal", "Created", f"created RayService {NAME}"),
         ("Normal", "Created", f"created Service {NAME}-openai"),
+        ("Normal", "Created", f"created NetworkPolicy {NAME}-ray"),
     ]
     assert len(kube.status_writes) == 1
     assert kube.status_writes[0]["rayService"] == NAME

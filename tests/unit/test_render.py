@@ -415,6 +415,24 @@ def test_openai_service_selects_serving_ray_pods() -> None:
     assert endpoint("m", "team") == "http://m-openai.team.svc:8000/v1"
 
 
+def test_network_policy_opens_only_the_openai_port_to_everyone() -> None:
+    (policy,) = [
+        o for o in render_objects(md(), image="i", namespace="x") if o["kind"] == "NetworkPolicy"
+    ]
+    name = BASE["metadata"]["name"]
+    ray_pods = {"matchLabels": {"modelfleet.io/deployment": name}}
+    spec = policy["spec"]
+    assert spec["podSelector"] == ray_pods and spec["policyTypes"] == ["Ingress"]
+    open_to_all, among_ray, kuberay = spec["ingress"]
+    assert open_to_all == {"ports": [{"protocol": "TCP", "port": 8000}]}
+    assert among_ray == {"from": [{"podSelector": ray_pods}]}
+    assert {p["port"] for p in kuberay["ports"]} == {8265, 52365}
+    # Neither the GCS nor the client server is open beyond the Ray pods.
+    assert not {6379, 10001} & {
+        p["port"] for rule in spec["ingress"] for p in rule.get("ports", [])
+    }
+
+
 def test_namespace_of_the_object_wins() -> None:
     objs = render_objects(md(), image="i", namespace="default")
     assert {o["metadata"]["namespace"] for o in objs} == {"team"}
@@ -430,6 +448,7 @@ def test_render_command_prints_and_refuses(
     assert [d["kind"] for d in docs] == [
         RAY_SERVICE_KIND,
         "Service",
+        "NetworkPolicy",
         SERVICE_MONITOR_KIND,
         "ConfigMap",
     ]
