@@ -411,6 +411,12 @@ def test_example_creates_children_as_in_golden_and_becomes_ready(
     # One event per child, each child once (monitoring children depend on the CRDs).
     assert len(created) == len(set(created)), created
     assert {f"created RayService {name}", f"created Service {name}-openai"} <= set(created)
+    # The apiserver took the NetworkPolicy as rendered, owned by the ModelDeployment.
+    policy = kubectl.get("networkpolicy", f"{name}-ray")
+    assert policy is not None, "no NetworkPolicy"
+    assert not contains(policy["spec"], golden["NetworkPolicy"]["spec"], "spec")
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"]
+    assert f"created NetworkPolicy {name}-ray" in created
 
     # KubeRay losing its endpoints shows through.
     kuberay_reports_ready(kubectl, name, ready=False)
@@ -697,6 +703,8 @@ CAN = [
     ("create", "rayservices.ray.io"),
     ("patch", "rayservices.ray.io"),
     ("patch", "services"),
+    ("create", "networkpolicies.networking.k8s.io"),
+    ("patch", "networkpolicies.networking.k8s.io"),
     ("create", "events"),
     # Monitoring children that the spec turns off are removed. (ServiceMonitors too,
     # but `kubectl auth can-i` answers "no" for a kind whose CRD is not installed.)
@@ -707,6 +715,7 @@ CAN = [
 CANNOT = [
     ("delete", "rayservices.ray.io"),
     ("delete", "services"),
+    ("delete", "networkpolicies.networking.k8s.io"),
     ("delete", "modeldeployments.modelfleet.io"),
     ("update", "modeldeployments.modelfleet.io"),
     ("create", "modeldeployments.modelfleet.io"),
