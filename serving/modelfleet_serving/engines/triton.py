@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -210,6 +210,11 @@ class TritonEngine(Engine):
                 )
             await asyncio.sleep(1.0)
 
+    def _server_alive(self) -> bool:
+        """False once the server this replica started has exited (True for one at `url`,
+        whose life is not ours to watch)."""
+        return self._server is None or self._server.is_running()
+
     async def check_health(self) -> None:
         """Raise when the replica's own server exited or is not ready (see module doc)."""
         if self._client is None:
@@ -300,6 +305,7 @@ class TritonEngine(Engine):
             server=self._grpc_url,
             plan=plan,
             request_id=request.request_id,
+            server_alive=self._server_alive,
         )
         self._open_streams += 1
         try:
@@ -361,6 +367,7 @@ class _Generation:
     server: str
     plan: TritonRequest
     request_id: str
+    server_alive: Callable[[], bool] = lambda: True
     steps: int = 0
     finish_reason: str = "stop"
     _stream: Any = None
@@ -420,7 +427,9 @@ class _Generation:
         # grpc.aio's errors carry code() and details(); the RpcError base class does not.
         code = e.code() if isinstance(e, grpc.aio.AioRpcError) else None
         details = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
-        if code in _UNAVAILABLE_CODES:
+        # A server killed under a call can end it as INTERNAL ("Internal error from
+        # Core") rather than UNAVAILABLE: the dead server decides, not the code.
+        if code in _UNAVAILABLE_CODES or not self.server_alive():
             return unavailable(
                 f"The Triton server at {self.server} is unavailable ({details}); retry later."
             )
