@@ -280,13 +280,18 @@ def run_local(
         signal.signal(signal.SIGINT, _stop)
         on_ready(f"http://{host}:{port}")
         while not stop.wait(1.0):
-            changed = reload() if reload is not None else None
-            if changed is not None:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                deploy(changed)
+            try:
+                changed = reload() if reload is not None else None
+                if changed is not None:
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                    deploy(changed)
+                    signal.signal(signal.SIGINT, _stop)
+                    if on_phase is not None:
+                        on_phase(Phase.RELOADED)
+            except Exception as e:
+                # A change that cannot be applied must not stop what already serves.
                 signal.signal(signal.SIGINT, _stop)
-                if on_phase is not None:
-                    on_phase(Phase.RELOADED)
+                print(f"modelfleet: applying the change failed: {e}", file=sys.stderr)
         if on_phase is not None:
             on_phase(Phase.STOPPING)
         return 0
