@@ -164,6 +164,13 @@ class AutoscalingConfig(_Frozen):
     downscale_delay_s: Annotated[float, Field(ge=0)] = 120
 
 
+def _require_unique(what: str, names: list[str]) -> None:
+    """Raise naming the repeated entries when `names` has any."""
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} names must be unique; repeated: {', '.join(repeated)}")
+
+
 class ServingConfig(_Frozen):
     """The whole serving application for one model."""
 
@@ -193,18 +200,13 @@ class ServingConfig(_Frozen):
 
     @model_validator(mode="after")
     def _unique_pools(self) -> ServingConfig:
-        names = [p.name for p in self.pools]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"pool names must be unique; repeated: {', '.join(duplicates)}")
+        _require_unique("pool", [p.name for p in self.pools])
         return self
 
     @model_validator(mode="after")
     def _adapters(self) -> ServingConfig:
         names = [a.name for a in self.adapters]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"adapter names must be unique; repeated: {', '.join(repeated)}")
+        _require_unique("adapter", names)
         if self.model.served_name in names:
             raise ValueError(
                 f"adapter {self.model.served_name!r} has the model's own servedName; "
@@ -226,7 +228,7 @@ class ServingConfig(_Frozen):
         engine = self.engine
         if self.lora_enabled and engine.max_loras is None:
             engine = engine.model_copy(update={"max_loras": DEFAULT_MAX_LORAS})
-        args = self.model_copy(update={"engine": engine, "adapters": []})
+        args = self.model_copy(update={"engine": engine})
         return args.model_dump(mode="json", exclude_none=True, exclude={"adapters"})
 
     def adapters_user_config(self) -> dict[str, object]:
