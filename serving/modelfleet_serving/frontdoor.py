@@ -218,6 +218,7 @@ class OpenAIIngress:
                     "pool": r.pool,
                     "replica": r.replica,
                     "inFlight": self._busy.get(r.address, 0),
+                    "queued": r.queued,
                     "waiting": r.waiting,
                     "running": r.running,
                     "prefixCacheQueries": r.telemetry.prefix_cache_queries,

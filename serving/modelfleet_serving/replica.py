@@ -113,6 +113,7 @@ class LLMServer:
             self._engine,
             _request_models(),
             max_queued=self._config.max_queued_requests,
+            batch=self._config.engine.max_num_seqs,
             healthy=lambda: self._state == RUNNING,
             token=self._token,
         )
@@ -142,7 +143,7 @@ class LLMServer:
                 kv_cache_usage=stats.kv_cache_usage,
                 telemetry=self._engine.telemetry,
                 address=self._address,
-                queued=self._api.queued,
+                queued=self._api.waiting,
                 token=self._token,
                 adapters=tuple(sorted(self._adapters)),
                 adapter_errors=dict(self._adapter_errors),

@@ -6,11 +6,13 @@ parse the body (the same validation as `vllm serve`), the engine answers, and ea
 chunk the engine yields is written to the socket as it comes. No Ray object, pickling
 or Serve handle sits on the way of a token.
 
-It also holds the queue limit: a request counts as queued from its arrival here until
-the engine yields its first chunk (prefill done), and past `max_queued` such requests
-a new one gets 429. The count is the replica's own, so it holds however many front-door
+It also holds the queue limit: past `max_queued` requests waiting for the engine, a new
+one gets 429. A stream waits from its arrival here until the engine yields its first
+chunk (prefill done). A non-streaming answer gives no sign of its start, so those wait
+only as far as they do not fit in the engine's batch (`maxNumSeqs`) beside the streams
+already generating. The count is the replica's own, so it holds however many front-door
 replicas send to it. Requests already generating are not counted: they are limited by
-the engine's batch (`maxNumSeqs`) and the KV cache, not by a queue.
+the batch and the KV cache, not by a queue.
 
 Only the front door may call it: each replica makes a random token at start, reports
 it to the stats hub with its address, and refuses (403) a request that does not carry
@@ -100,8 +102,9 @@ class ReplicaAPI:
     """ASGI app: POST /v1/chat/completions and /v1/completions on one engine.
 
     `request_models` maps "chat" and "completion" to the protocol models (vLLM's);
-    `healthy` says whether the engine can take requests (503 otherwise); `token` is
-    what the front door must send in `TOKEN_HEADER` (403 otherwise).
+    `batch` is how many sequences the engine runs at once (`maxNumSeqs`); `healthy`
+    says whether the engine can take requests (503 otherwise); `token` is what the
+    front door must send in `TOKEN_HEADER` (403 otherwise).
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class ReplicaAPI:
         request_models: dict[str, Any],
         *,
         max_queued: int,
+        batch: int,
         healthy: Callable[[], bool],
         token: str,
     ) -> None:
@@ -117,11 +121,22 @@ class ReplicaAPI:
         self._token = token.encode()
         self._models = request_models
         self._max_queued = max_queued
+        self._batch = batch
         self._healthy = healthy
-        self.queued = 0
-        """Requests here that have not had their first chunk from the engine yet."""
+        self.queued_streams = 0
+        """Streams here that have not had their first chunk from the engine yet."""
+        self.generating_streams = 0
+        """Streams past their first chunk, not yet ended."""
+        self.whole = 0
+        """Non-streaming requests being answered."""
         self.streams = 0
         """Requests being answered (queued or generating)."""
+
+    @property
+    def waiting(self) -> int:
+        """Requests here waiting for the engine (see the module docstring)."""
+        free = max(0, self._batch - self.generating_streams)
+        return self.queued_streams + max(0, self.whole - free)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -164,21 +179,35 @@ class ReplicaAPI:
             request = self._parse(kind, raw)
             if not self._healthy():
                 raise ServingError(unavailable("the engine is not running"))
-            if self.queued >= self._max_queued:
+            if self.waiting >= self._max_queued:
                 raise ServingError(queue_full(self._max_queued))
         except ServingError as e:
             await send_error(send, e.info)
             return
-        # Counted as queued at once, in the same step as the check: requests that arrive
-        # together must not all pass the check before any of them is counted.
-        self.queued += 1
-        counted = True
+        # Counted at once, in the same step as the check: requests that arrive together
+        # must not all pass the check before any of them is counted.
+        state = "queued" if getattr(request, "stream", False) else "whole"
+        if state == "queued":
+            self.queued_streams += 1
+        else:
+            self.whole += 1
 
         def first_chunk() -> None:
-            nonlocal counted
-            if counted:
-                counted = False
-                self.queued -= 1
+            nonlocal state
+            if state == "queued":
+                state = "generating"
+                self.queued_streams -= 1
+                self.generating_streams += 1
+
+        def release() -> None:
+            nonlocal state
+            if state == "queued":
+                self.queued_streams -= 1
+            elif state == "generating":
+                self.generating_streams -= 1
+            elif state == "whole":
+                self.whole -= 1
+            state = "done"
 
         call = self._engine.chat if kind == "chat" else self._engine.completion
         items = call(request)
@@ -194,8 +223,7 @@ class ReplicaAPI:
                 respond.cancel()
                 # Let the cancellation reach the engine before this request ends.
                 await asyncio.gather(respond, return_exceptions=True)
-            # A response cancelled before it began never saw a chunk: uncount it here.
-            first_chunk()
+            release()
         if respond.done() and not respond.cancelled() and respond.exception() is not None:
             logger.warning("response failed", exc_info=respond.exception())
 

@@ -9,6 +9,7 @@ three wait for the engine, and any more is refused, however fast the machine.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -138,64 +139,67 @@ def test_every_configured_key_works_with_the_openai_client(limited_serve: str) -
     assert httpx.get(f"{limited_serve}/metrics", timeout=30).status_code == 200
 
 
-async def _engine_waiting(client: httpx.AsyncClient, base: str) -> int:
-    """Requests waiting in the engines, as the replicas last reported (twice a second)."""
-    response = await client.get(f"{base}/health", timeout=30)
-    return sum(r["waiting"] for r in response.json()["replicas"])
-
-
 @pytest.mark.xfail(
-    reason="known open defect: with three requests shown waiting in the engine, the extra "
-    "request was refused in one run and answered 200 in the next; see docs/data-plane.md",
+    reason="timing on a 2-core machine: vLLM's CPU worker and its engine core's spin-wait "
+    "take both cores while generating, so the requests behind the first one can arrive "
+    "after it ended; see docs/data-plane.md",
     strict=False,
 )
 async def test_queue_limit_is_429_and_service_continues(limited_serve: str) -> None:
     headers = {"Authorization": f"Bearer {KEYS[1]}"}
-    body = {
-        "model": MODEL,
-        "prompt": "A long story",
-        "max_tokens": 2000,
-        "ignore_eos": True,
-        "stream": True,
-    }
+    body = {"model": MODEL, "prompt": "A long story", "max_tokens": 2000, "ignore_eos": True}
     url = f"{limited_serve}/v1/completions"
 
-    async def one(client: httpx.AsyncClient, started: asyncio.Event | None = None) -> int:
-        async with client.stream("POST", url, json=body, headers=headers) as response:
+    async def one(client: httpx.AsyncClient, *, stream: bool) -> tuple[int, str]:
+        """The status, and the body of an error (a success is read to its end)."""
+        async with client.stream(
+            "POST", url, json={**body, "stream": stream}, headers=headers
+        ) as response:
             if response.status_code != 200:
-                return response.status_code
-            async for line in response.aiter_lines():
-                if started is not None and line.startswith("data: {"):
-                    started.set()
+                return response.status_code, (await response.aread()).decode()
+            async for _ in response.aiter_lines():
                 # Lines already buffered come without a pause: give the other tasks
                 # (the requests sent next, the polling below) their turn.
                 await asyncio.sleep(0)
-            return 200
+            return 200, ""
+
+    async def running(client: httpx.AsyncClient) -> int:
+        """Requests running in the engine, as the replica last reported."""
+        replicas = (await client.get(f"{limited_serve}/health", timeout=30)).json()["replicas"]
+        return sum(r["running"] for r in replicas)
+
+    async def attempt(client: httpx.AsyncClient) -> tuple[bool, list[tuple[int, str]]]:
+        """One request generating and QUEUE_LIMIT + 1 sent behind it: is one refused?"""
+        # One request generates (one sequence per batch). It streams nothing: on a small
+        # machine the engine takes most of the CPU, and a fast stream read by this
+        # client would slow the relays and the polling below to seconds per step...
+        sent = time.monotonic()
+        first = asyncio.create_task(one(client, stream=False))
+        while await running(client) < 1:
+            assert time.monotonic() - sent < 120, "the first request never ran"
+            await asyncio.sleep(0.1)
+        # ...so of the next QUEUE_LIMIT + 1, sent at once, QUEUE_LIMIT wait for the
+        # engine and the last to reach the replica, whichever it is, is refused at once.
+        behind = [asyncio.create_task(one(client, stream=True)) for _ in range(QUEUE_LIMIT + 1)]
+        await asyncio.wait(behind, return_when=asyncio.FIRST_COMPLETED)
+        # Had the first request ended before that answer, one of the others would have
+        # taken its place in the batch, and with the queue below the limit a 200 is right.
+        held = not first.done()
+        print(f"first answer behind it after {time.monotonic() - sent:.2f} s; held: {held}")
+        return held, [await first, *await asyncio.gather(*behind)]
 
     async with httpx.AsyncClient(timeout=300) as client:
-        # One request generates (one sequence per batch)...
-        generating = asyncio.Event()
-        sent = time.monotonic()
-        first = asyncio.create_task(one(client, generating))
-        await asyncio.wait_for(generating.wait(), timeout=120)
-        # ...the next three wait for the engine, which is the queue the limit counts...
-        waiting = [asyncio.create_task(one(client)) for _ in range(QUEUE_LIMIT)]
-        deadline = time.monotonic() + 60
-        seen: list[tuple[float, int]] = [(round(time.monotonic() - sent, 2), -1)]
-        while (waiting_now := await _engine_waiting(client, limited_serve)) < QUEUE_LIMIT:
-            seen.append((round(time.monotonic() - sent, 2), waiting_now))
-            assert time.monotonic() < deadline, f"the requests never queued: {seen[-20:]}"
-            assert not first.done(), f"the first request finished first; waiting: {seen[-20:]}"
-            await asyncio.sleep(0.1)
-        # ...so one more, while the first still generates, is refused.
-        refused = await client.post(url, json={**body, "stream": False}, headers=headers)
-        statuses = [await first, *await asyncio.gather(*waiting)]
-    assert refused.status_code == 429, refused.text
-    error = refused.json()["error"]
+        for _ in range(3):
+            held, answers = await attempt(client)
+            if held:
+                break
+    assert held, "the first request (2000 tokens) ended before any other was answered"
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [200] * (QUEUE_LIMIT + 1) + [429], answers
+    error = json.loads(next(text for status, text in answers if status == 429))["error"]
     assert (error["type"], error["code"]) == ("rate_limit_error", "queue_full")
     assert str(QUEUE_LIMIT) in error["message"]
-    # The queued requests were not lost: each was answered in full.
-    assert statuses == [200] * (QUEUE_LIMIT + 1), statuses
+    # The queued requests were not lost (each was answered in full), and service goes on.
     assert _chat(limited_serve, KEYS[0]).status_code == 200
 
 

@@ -77,11 +77,12 @@ async def _call(
     return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
 
-def _api(engine: Engine, max_queued: int = 4) -> ReplicaAPI:
+def _api(engine: Engine, max_queued: int = 4, batch: int = 8) -> ReplicaAPI:
     return ReplicaAPI(
         engine,  # type: ignore[arg-type]
         {"chat": Request, "completion": Request},
         max_queued=max_queued,
+        batch=batch,
         healthy=lambda: True,
         token=TOKEN,
     )
@@ -116,12 +117,12 @@ async def test_queue_limit_counts_requests_before_their_first_token() -> None:
     api = _api(engine, max_queued=2)
     waiting = [asyncio.create_task(_call(api, {"prompt": "x", "stream": True})) for _ in range(2)]
     await asyncio.sleep(0.05)
-    assert api.queued == 2
+    assert api.waiting == 2
     status, body = await _call(api, {"prompt": "x", "stream": True})
     assert status == 429 and json.loads(body)["error"]["code"] == "queue_full"
     engine.gate.set()
     assert [s for s, _ in await asyncio.gather(*waiting)] == [200, 200]
-    assert api.queued == 0 and api.streams == 0
+    assert api.waiting == 0 and api.streams == 0
 
 
 async def test_a_client_that_goes_away_closes_the_engine_stream() -> None:
@@ -154,8 +155,55 @@ async def test_requests_arriving_together_are_counted_before_the_next_is_checked
     api = _api(engine, max_queued=2)
     calls = [asyncio.ensure_future(_call(api, {"prompt": "x", "stream": True})) for _ in range(5)]
     await asyncio.sleep(0.05)
-    assert api.queued == 2
+    assert api.waiting == 2
     engine.gate.set()
     statuses = sorted(s for s, _ in await asyncio.gather(*calls))
     assert statuses == [200, 200, 429, 429, 429]
-    assert api.queued == 0 and api.streams == 0
+    assert api.waiting == 0 and api.streams == 0
+
+
+async def test_whole_responses_wait_only_beyond_the_batch() -> None:
+    # A non-streaming request gives no first chunk: it counts as waiting only when the
+    # engine's batch is already full of other requests.
+    engine = Engine()
+    engine.gate.clear()
+    api = _api(engine, max_queued=2, batch=3)
+    whole = [asyncio.create_task(_call(api, {"prompt": "x"})) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    assert (api.whole, api.waiting) == (4, 1)
+    # One more stream waits too: that makes two, the limit.
+    stream = asyncio.create_task(_call(api, {"prompt": "x", "stream": True}))
+    await asyncio.sleep(0.05)
+    assert api.waiting == 2
+    status, body = await _call(api, {"prompt": "x"})
+    assert status == 429 and json.loads(body)["error"]["code"] == "queue_full"
+    engine.gate.set()
+    assert [s for s, _ in await asyncio.gather(*whole, stream)] == [200] * 5
+    assert api.waiting == 0 and api.whole == 0 and api.streams == 0
+
+
+async def test_generating_streams_take_batch_places_from_whole_responses() -> None:
+    engine = Engine()
+    api = _api(engine, max_queued=1, batch=1)
+    # One stream generating (its first chunk came; the engine holds the rest)...
+    engine.gate.set()
+    held = asyncio.Event()
+
+    async def slow(request: Request) -> AsyncIterator[Any]:
+        if request.stream:
+            yield 'data: {"i": 0}\n\n'
+        await held.wait()
+        yield "data: [DONE]\n\n" if request.stream else {"object": "text_completion"}
+
+    engine.completion = slow  # type: ignore[method-assign]
+    stream = asyncio.create_task(_call(api, {"prompt": "x", "stream": True}))
+    await asyncio.sleep(0.05)
+    assert (api.generating_streams, api.waiting) == (1, 0)
+    # ...so a whole response has no place in the batch: it waits, and the next is refused.
+    whole = asyncio.create_task(_call(api, {"prompt": "x"}))
+    await asyncio.sleep(0.05)
+    assert api.waiting == 1
+    assert (await _call(api, {"prompt": "x"}))[0] == 429
+    held.set()
+    assert [s for s, _ in await asyncio.gather(stream, whole)] == [200, 200]
+    assert api.waiting == 0 and api.streams == 0
