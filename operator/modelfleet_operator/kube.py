@@ -140,6 +140,27 @@ class Kube:
         )
         return list((answer or {}).get("items") or [])
 
+    def node_usage(self) -> tuple[list[Object], list[Object]] | None:
+        """Every Node, and every bound pod of any namespace that is not done (what holds
+        the nodes' GPUs); None when RBAC does not let this operator list them."""
+        try:
+            nodes = self._call("GET", "/api/v1/nodes")
+            pods = self._call(
+                "GET",
+                "/api/v1/pods",
+                query=[
+                    (
+                        "fieldSelector",
+                        "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed",
+                    )
+                ],
+            )
+        except ApiException as error:
+            if error.status == 403:
+                return None
+            raise
+        return list((nodes or {}).get("items") or []), list((pods or {}).get("items") or [])
+
     def serves(self, api_version: str, plural: str) -> bool:
         """Whether the API server serves `plural` in `api_version` (discovery, no RBAC)."""
         resources = self._call("GET", f"/apis/{api_version}")

@@ -20,7 +20,7 @@ DEPLOYMENTS_METRIC = "modelfleet_operator_deployments"
 RECONCILE_TOTAL = Counter(
     RECONCILES_METRIC,
     "Reconciliations of ModelDeployments by result "
-    "(success, invalid, dependency_missing, conflict, error).",
+    "(success, invalid, dependency_missing, conflict, upgrade_blocked, error).",
     ["result"],
 )
 RECONCILE_SECONDS = Histogram(

@@ -6,8 +6,10 @@ and whether the model fits its GPUs: the same gate as the admission webhook, beh
 it), render its children, server-side apply them, delete the monitoring children its
 spec no longer asks for, and write the status when it changed. A spec that does not
 fit changes nothing: no RayService is created, and one an earlier generation made
-keeps serving as it is. User mistakes become status; waiting on others
-(KubeRay missing, a name taken by a foreign object) becomes an `Outcome` with a retry
+keeps serving as it is. Neither is a change that needs a new RayCluster while no node
+has the GPUs it would start on (rollout.blocked_upgrade): the serving RayService stays
+until they are free. User mistakes become status; waiting on others (KubeRay
+missing, a name taken by a foreign object, GPUs) becomes an `Outcome` with a retry
 delay, which the Kopf handlers turn into `kopf.TemporaryError`.
 
 The Kubernetes I/O (`KubeIO`, implemented by `kube.Kube`) and the emitter of events
@@ -32,7 +34,7 @@ from typing import Any, Protocol
 from modelfleet_operator import metrics
 from modelfleet_operator.api import v1alpha1
 from modelfleet_operator.api.v1alpha1 import ModelDeployment, ModelSpec
-from modelfleet_operator.capacity import CapacityFit, capacity_fit, gate
+from modelfleet_operator.capacity import CapacityFit, capacity_fit, gate, skip_requested
 from modelfleet_operator.checks import check
 from modelfleet_operator.hub import ShapeCache, ShapeLookup
 from modelfleet_operator.monitoring import monitoring_objects, unwanted_monitoring_children
@@ -47,6 +49,12 @@ from modelfleet_operator.names import (
     SERVICE_MONITOR_PLURAL,
 )
 from modelfleet_operator.render import render
+from modelfleet_operator.rollout import (
+    NEW_CLUSTER,
+    blocked_upgrade,
+    node_gpus,
+    ray_service_rollout,
+)
 from modelfleet_operator.settings import Settings
 from modelfleet_operator.status import Observation, decide, status_patch, unschedulable_pools
 
@@ -89,6 +97,11 @@ class KubeIO(Protocol):
 
     def serves(self, api_version: str, plural: str) -> bool:
         """Whether the API server serves `plural` in `api_version`."""
+        ...
+
+    def node_usage(self) -> tuple[list[Object], list[Object]] | None:
+        """Every Node, and every pod of any namespace that is bound and not done; None
+        when this operator may not read them."""
         ...
 
     def kuberay_missing(self) -> str | None:
@@ -261,6 +274,36 @@ def _live_ray_service(ctx: Context, md_obj: Mapping[str, Any]) -> Object | None:
     return live
 
 
+def _waits_for_gpus(
+    ctx: Context,
+    md_obj: Mapping[str, Any],
+    md: ModelDeployment,
+    objects: list[Object],
+    logger: Logger,
+) -> tuple[str | None, Object | None]:
+    """Why the rendered RayService must not replace the live one yet (its new RayCluster
+    would wait for GPUs no node has free), or None; and the live RayService."""
+    live = _live_ray_service(ctx, md_obj)
+    if (
+        live is None
+        or all(pool.gpu is None for pool in md.spec.node_pools)
+        or skip_requested(md_obj["metadata"].get("annotations"))
+    ):
+        return None, live
+    [desired] = [obj for obj in objects if obj["kind"] == RAY_SERVICE_KIND]
+    rollout = ray_service_rollout(live, desired)
+    if rollout.kind != NEW_CLUSTER:
+        return None, live
+    usage = ctx.kube.node_usage()
+    if usage is None:
+        logger.warning(
+            "cannot read nodes and pods: the rollout goes ahead without checking free GPUs"
+        )
+        return None, live
+    nodes, pods = usage
+    return blocked_upgrade(md.spec, rollout, [node_gpus(n, pods) for n in nodes]), live
+
+
 def _reconcile(ctx: Context, md_obj: Mapping[str, Any], logger: Logger, emit: EmitEvent) -> Outcome:
     meta = md_obj["metadata"]
     namespace = meta["namespace"]
@@ -306,6 +349,21 @@ def _reconcile(ctx: Context, md_obj: Mapping[str, Any], logger: Logger, emit: Em
         service_monitor_crd_exists=service_monitor_crd_exists,
         owner_uid=meta["uid"],
     )
+    short, serving = _waits_for_gpus(ctx, md_obj, checked.md, objects, logger)
+    if short is not None:
+        # Nothing is applied: the serving RayService (and the children that go with
+        # it) stay as they are; the retry applies the change once the GPUs are free.
+        pods = ctx.kube.pods(namespace, f"{LABEL_DEPLOYMENT}={meta['name']}")
+        held = replace(
+            seen,
+            ray_service=serving,
+            unschedulable=unschedulable_pools(pods),
+            upgrade_blocked=short,
+        )
+        if _write_status(ctx, md_obj, held, logger):
+            emit(md_obj, "Warning", "UpgradeBlocked", short)
+        return Outcome("upgrade_blocked", ctx.settings.retry_delay, short)
+
     live, conflict = _apply_children(ctx, md_obj, objects, emit)
     if conflict is not None:
         blocked = replace(seen, conflict=conflict)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelfleet_operator.api.v1alpha1 import ModelDeploymentSpec, NodePoolSpec
+from modelfleet_operator.capacity import SKIP_CAPACITY_ANNOTATION
 
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -238,4 +239,50 @@ def pool_upgrade(
         nodes=len(candidates),
         free_gpus=sum(node.free for node in candidates),
         placeable_replicas=sum(math.floor(node.free / per_replica) for node in candidates),
+    )
+
+
+def _replicas(count: int) -> str:
+    return f"{count} replica{'' if count == 1 else 's'}"
+
+
+def blocked_upgrade(
+    spec: ModelDeploymentSpec, rollout: Rollout, nodes: Iterable[NodeGPUs]
+) -> str | None:
+    """Why the rollout must wait for GPUs, or None when it can go ahead.
+
+    Only a new RayCluster can stall: KubeRay starts it beside the serving one, and
+    its worker pods sit Pending while no node has their GPUs, so the upgrade never
+    completes. The operator holds such a change (the serving cluster is left as it
+    is) until every GPU pool can place the replicas it starts. A new RayService has
+    no old one to keep and goes ahead (its Pending pods are reported as
+    unschedulable); an in-place change adds at most the replicas of a raised
+    minimum, next to the serving ones. A pool that no GPU node matches at all is
+    not held either: its nodes come from a cluster autoscaler (scaled to zero), which
+    adds them for the Pending pods.
+    """
+    if rollout.kind != NEW_CLUSTER:
+        return None
+    nodes = list(nodes)
+    short = [
+        upgrade
+        for pool in spec.node_pools
+        if (upgrade := pool_upgrade(pool, spec, rollout, nodes)) is not None
+        and upgrade.nodes > 0
+        and not upgrade.enough
+    ]
+    if not short:
+        return None
+    missing = "; ".join(
+        f"pool {u.pool} needs {u.gpus_needed} free GPUs ({_replicas(u.replicas_needed)} of "
+        f"{u.gpus_per_replica}) and its {u.nodes} node(s) have {u.free_gpus} free (room "
+        f"for {_replicas(u.placeable_replicas)})"
+        for u in short
+    )
+    return (
+        f"the change needs a new RayCluster beside the serving one, and {missing}. The "
+        "previous spec keeps serving, and the change is applied as soon as the GPUs are "
+        "free: free GPUs on the pool's nodes, add nodes, or lower the pool's minReplicas "
+        f"(or, where a cluster autoscaler adds nodes, annotate the object with "
+        f'{SKIP_CAPACITY_ANNOTATION}: "true")'
     )

@@ -1,7 +1,8 @@
 """Decide a ModelDeployment's status from what the operator observed.
 
 `decide` maps one observation (spec problems, missing dependencies, an ownership
-conflict, the RayService as KubeRay reports it, pods the scheduler cannot place) to
+conflict, the RayService as KubeRay reports it, pods the scheduler cannot place, a
+change waiting for GPUs) to
 the whole status; `status_patch`
 says what to write, or that nothing changed, so the status is written only when it
 changes. Pure: no Kubernetes, Kopf or Ray imports; the clock is passed in.
@@ -28,6 +29,7 @@ VALIDATED = "Validated"
 CAPACITY_FITS = "CapacityFits"
 RAY_SERVICE_READY = "RayServiceReady"
 POOLS_SCHEDULABLE = "PoolsSchedulable"
+UPGRADE_BLOCKED = "UpgradeBlocked"
 READY = "Ready"
 
 # Reasons (CamelCase, for machines) the operator itself sets.
@@ -47,6 +49,9 @@ REASON_CHECK_SKIPPED = "CheckSkipped"
 # Some worker pod of a pool cannot be placed on any node (the scheduler's reason).
 REASON_UNSCHEDULABLE = "Unschedulable"
 REASON_SCHEDULED = "Scheduled"
+# A change that needs a new RayCluster waits for the GPUs it would start on.
+REASON_INSUFFICIENT_GPUS = "InsufficientGPUs"
+REASON_NOT_BLOCKED = "NotBlocked"
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,9 @@ class Observation:
     capacity_skipped: bool = False
     # Pool → why the scheduler cannot place its pods (unschedulable_pools).
     unschedulable: Mapping[str, str] = field(default_factory=dict)
+    # Why this generation waits for GPUs (rollout.blocked_upgrade); `ray_service` is
+    # then the live one of an earlier generation, which keeps serving.
+    upgrade_blocked: str | None = None
 
 
 def unschedulable_pools(pods: Iterable[Mapping[str, Any]]) -> dict[str, str]:
@@ -196,14 +204,31 @@ def _schedulable(
     return cond(POOLS_SCHEDULABLE, "False", REASON_UNSCHEDULABLE, message)
 
 
+def _upgrade(
+    cond: Callable[[str, ConditionStatus, str, str], Condition], seen: Observation
+) -> Condition:
+    if seen.upgrade_blocked is None:
+        return cond(UPGRADE_BLOCKED, "False", REASON_NOT_BLOCKED, "no change is waiting for GPUs")
+    message = f"generation {seen.generation} is not applied yet: {seen.upgrade_blocked}"
+    return cond(UPGRADE_BLOCKED, "True", REASON_INSUFFICIENT_GPUS, message)
+
+
 def _ready(
     cond: Callable[[str, ConditionStatus, str, str], Condition],
     md: ModelDeployment,
     url: str,
-    upgrading: bool,
+    seen: Observation,
 ) -> Condition:
     serving = f"serving {md.spec.model.served_name} at {url}"
-    if upgrading:
+    if seen.upgrade_blocked is not None:
+        return cond(
+            READY,
+            "True",
+            REASON_SERVING_PREVIOUS,
+            f"serving the previous spec at {url}; generation {seen.generation} waits for "
+            "GPUs (see UpgradeBlocked)",
+        )
+    if upgrading(seen.ray_service):
         # Still serving, from the old RayCluster until KubeRay switches over.
         return cond(
             READY, "True", REASON_UPGRADING, f"{serving}; KubeRay is rolling out the new spec"
@@ -324,7 +349,8 @@ def decide(seen: Observation, previous_status: Mapping[str, Any], now: str) -> d
                 fits,
                 cond(RAY_SERVICE_READY, "True" if ready else "False", reason, message),
                 _schedulable(cond, seen.unschedulable),
-                _ready(cond, md, url, upgrading(seen.ray_service))
+                _upgrade(cond, seen),
+                _ready(cond, md, url, seen)
                 if ready
                 else cond(READY, "False", REASON_NOT_READY, message),
             ]

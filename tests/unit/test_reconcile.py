@@ -28,6 +28,7 @@ from modelfleet_operator.names import (
     SERVICE_MONITOR_PLURAL,
 )
 from modelfleet_operator.reconcile import Context, Outcome, reconcile
+from modelfleet_operator.rollout import GPU_RESOURCE as GPU
 from modelfleet_operator.settings import Settings
 from prometheus_client import REGISTRY
 
@@ -82,6 +83,8 @@ class FakeKube:
     status_writes: list[Object] = field(default_factory=list)
     missing: str | None = None
     pod_list: list[Object] = field(default_factory=list)
+    # The cluster's Nodes; None: RBAC does not let the operator list them.
+    node_list: list[Object] | None = field(default_factory=list)
     served: set[tuple[str, str]] = field(
         default_factory=lambda: {(SERVICE_MONITOR_API_VERSION, SERVICE_MONITOR_PLURAL)}
     )
@@ -157,6 +160,13 @@ class FakeKube:
 
     def serves(self, api_version: str, plural: str) -> bool:
         return (api_version, plural) in self.served
+
+    def node_usage(self) -> tuple[list[Object], list[Object]] | None:
+        self.calls.append(("node_usage", ("v1", "Node", "", "")))
+        if self.node_list is None:
+            return None
+        bound = [pod for pod in self.pod_list if (pod.get("spec") or {}).get("nodeName")]
+        return copy.deepcopy(self.node_list), copy.deepcopy(bound)
 
     def kuberay_missing(self) -> str | None:
         return self.missing
@@ -661,3 +671,110 @@ def test_a_pool_whose_pods_cannot_be_placed_is_reported_and_then_cleared() -> No
     run(ctx)
     assert status_reason(kube, "PoolsSchedulable") == "Scheduled"
     assert len(kube.status_writes) == 2
+
+
+def gpu_node(name: str, gpus: int) -> Object:
+    return {"metadata": {"name": name, "labels": {}}, "status": {"allocatable": {GPU: str(gpus)}}}
+
+
+def gpu_pod(name: str, node: str, gpus: int) -> Object:
+    """A running pod of some other workload that holds `gpus` of `node`."""
+    return {
+        "metadata": {"name": name, "labels": {"app": "other"}},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "c", "resources": {"requests": {GPU: str(gpus)}}}],
+        },
+        "status": {"phase": "Running"},
+    }
+
+
+def serving_gpu_deployment(**kube_fields: Any) -> tuple[FakeKube, Context, Object]:
+    """Llama 70B on two H100s, deployed and Ready, on one 8-GPU node where another
+    workload holds four GPUs (two are free); the stored RayService as it was."""
+    kube, ctx = settled(gpu_deployment(tp=2))
+    kube.node_list = [gpu_node("gpu-node", 8)]
+    kube.pod_list = [gpu_pod("ours", "gpu-node", 2), gpu_pod("theirs", "gpu-node", 4)]
+    for name, value in kube_fields.items():
+        setattr(kube, name, value)
+    ray_service = kube.of(RAY_API_VERSION, RAY_SERVICE_KIND, NAME)
+    assert ray_service is not None
+    ray_service["status"] = {
+        "conditions": [{"type": "Ready", "status": "True", "reason": "NonZeroServeEndpoints"}]
+    }
+    return kube, ctx, copy.deepcopy(ray_service)
+
+
+def new_generation(kube: FakeKube, generation: int, **engine: Any) -> None:
+    stored = kube.of(v1alpha1.API_VERSION, v1alpha1.KIND, NAME)
+    assert stored is not None
+    stored["spec"]["engine"].update(engine)
+    stored["metadata"]["generation"] = generation
+
+
+def test_a_change_no_node_has_the_gpus_for_waits_and_the_old_cluster_serves() -> None:
+    kube, ctx, before = serving_gpu_deployment()
+    # Four GPUs per replica need a new RayCluster beside the serving one: 2 are free.
+    new_generation(kube, 2, tensorParallelSize=4)
+    outcome, events = run(ctx)
+    assert outcome is not None
+    assert (outcome.result, outcome.retry_after) == ("upgrade_blocked", ctx.settings.retry_delay)
+    assert kube.verbs("apply") == [] and kube.verbs("delete") == []
+    assert kube.of(RAY_API_VERSION, RAY_SERVICE_KIND, NAME) == before
+    assert conditions(kube) == {
+        "Validated": ("True", "Valid"),
+        "CapacityFits": ("True", "Fits"),
+        "RayServiceReady": ("True", "NonZeroServeEndpoints"),
+        "PoolsSchedulable": ("True", "Scheduled"),
+        "UpgradeBlocked": ("True", "InsufficientGPUs"),
+        "Ready": ("True", "ServingPreviousSpec"),
+    }
+    assert message(kube, "UpgradeBlocked").startswith(
+        "generation 2 is not applied yet: the change needs a new RayCluster beside the "
+        "serving one, and pool h100 needs 4 free GPUs (1 replica of 4) and its 1 node(s) "
+        "have 2 free (room for 0 replicas)."
+    )
+    assert events.reasons() == ["UpgradeBlocked"]
+    # Still short: nothing is written or said again.
+    writes = len(kube.status_writes)
+    outcome, events = run(ctx)
+    assert outcome is not None and outcome.result == "upgrade_blocked"
+    assert (len(kube.status_writes), events.seen) == (writes, [])
+    # The other workload ends: the retry applies the change.
+    kube.pod_list = kube.pod_list[:1]
+    outcome, events = run(ctx)
+    assert outcome == Outcome("success")
+    assert ("Normal", "Updated", f"updated RayService {NAME} to the new spec") in events.seen
+    assert conditions(kube)["UpgradeBlocked"] == ("False", "NotBlocked")
+
+
+@pytest.mark.parametrize(
+    ("change", "kube_fields", "annotations"),
+    [
+        # Replica bounds change in place (KubeRay's autoscaler): nothing new to place.
+        ({"maxReplicas": 2}, {}, None),
+        # Nodes the operator may not list: it goes ahead, as KubeRay would.
+        ({"tensorParallelSize": 4}, {"node_list": None}, None),
+        # No node of the pool: a cluster autoscaler adds them for the Pending pods.
+        ({"tensorParallelSize": 4}, {"node_list": []}, None),
+        # The escape hatch of the capacity gate lets it through too.
+        ({"tensorParallelSize": 4}, {}, {SKIP_CAPACITY_ANNOTATION: "true"}),
+    ],
+)
+def test_changes_that_go_ahead_without_free_gpus(
+    change: dict[str, Any], kube_fields: dict[str, Any], annotations: dict[str, str] | None
+) -> None:
+    kube, ctx, _ = serving_gpu_deployment(**kube_fields)
+    stored = kube.of(v1alpha1.API_VERSION, v1alpha1.KIND, NAME)
+    assert stored is not None
+    if "maxReplicas" in change:
+        stored["spec"]["nodePools"][0].update(change)
+        stored["metadata"]["generation"] = 2
+    else:
+        new_generation(kube, 2, **change)
+    if annotations:
+        stored["metadata"]["annotations"] = annotations
+    outcome, events = run(ctx)
+    assert outcome == Outcome("success")
+    assert "UpgradeBlocked" not in events.reasons()
+    assert _key(RAY_API_VERSION, RAY_SERVICE_KIND, NAMESPACE, NAME) in kube.verbs("apply")

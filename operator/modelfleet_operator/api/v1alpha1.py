@@ -556,7 +556,10 @@ class Condition(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
 
     type: str = Field(
-        description="Validated, CapacityFits, RayServiceReady, PoolsSchedulable or Ready."
+        description=(
+            "Validated, CapacityFits, RayServiceReady, PoolsSchedulable, UpgradeBlocked "
+            "or Ready."
+        )
     )
     status: ConditionStatus
     reason: str = Field(description="CamelCase word for machines.")
