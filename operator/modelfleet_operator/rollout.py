@@ -242,8 +242,8 @@ def pool_upgrade(
     )
 
 
-def _replicas(count: int) -> str:
-    return f"{count} replica{'' if count == 1 else 's'}"
+def _count(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def blocked_upgrade(
@@ -274,15 +274,16 @@ def blocked_upgrade(
     if not short:
         return None
     missing = "; ".join(
-        f"pool {u.pool} needs {u.gpus_needed} free GPUs ({_replicas(u.replicas_needed)} of "
-        f"{u.gpus_per_replica}) and its {u.nodes} node(s) have {u.free_gpus} free (room "
-        f"for {_replicas(u.placeable_replicas)})"
+        f"pool {u.pool} needs {_count(u.gpus_needed, 'free GPU')} "
+        f"({_count(u.replicas_needed, 'replica')} × {_count(u.gpus_per_replica, 'GPU')}) "
+        f"while its {_count(u.nodes, 'node')} {'has' if u.nodes == 1 else 'have'} "
+        f"{u.free_gpus} free (room for {_count(u.placeable_replicas, 'replica')})"
         for u in short
     )
     return (
-        f"the change needs a new RayCluster beside the serving one, and {missing}. The "
-        "previous spec keeps serving, and the change is applied as soon as the GPUs are "
-        "free: free GPUs on the pool's nodes, add nodes, or lower the pool's minReplicas "
-        f"(or, where a cluster autoscaler adds nodes, annotate the object with "
-        f'{SKIP_CAPACITY_ANNOTATION}: "true")'
+        f"the change needs a new RayCluster beside the running one, and {missing}. The "
+        "RayService stays on the previous spec until the GPUs are free, then the change "
+        "is applied: free GPUs on the pool's nodes, add nodes, or lower the pool's "
+        "minReplicas (or, where a cluster autoscaler adds nodes, annotate the object "
+        f'with {SKIP_CAPACITY_ANNOTATION}: "true")'
     )

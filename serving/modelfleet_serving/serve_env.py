@@ -33,4 +33,7 @@ def local_serve_env(port: int) -> dict[str, str]:
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),
         # The LLM replicas' own HTTP APIs listen on loopback only.
         "MODELFLEET_REPLICA_HOST": "127.0.0.1",
+        # No load balancer has to notice a stopping front door here, so Ctrl-C takes
+        # seconds instead of Serve's 30 s draining period for direct ingress.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
     }

@@ -427,3 +427,120 @@ def test_a_pool_no_node_can_take_says_so(
     assert pool["state"] == "Unschedulable"
     cluster.kubectl_run("delete", "modeldeployment", name, f"--namespace={namespace}")
     _wait_gone(cluster, namespace, name)
+
+
+GPU = "nvidia.com/gpu"
+
+
+def _advertise_gpus(cluster: NodeCluster, node: str, gpus: int | None) -> None:
+    """What a device plugin does: the node's capacity of `GPU` (None removes it)."""
+    amount = None if gpus is None else str(gpus)
+    client.CoreV1Api(cluster.api_client).patch_node_status(
+        node, {"status": {"capacity": {GPU: amount}, "allocatable": {GPU: amount}}}
+    )
+
+
+def test_a_change_waits_for_gpus_the_node_does_not_have_free(
+    kuberay_node_cluster: NodeCluster, node_images: ProductImages, namespace: str, operator: None
+) -> None:
+    """After the deletions above. The node advertises two GPUs, as a device plugin
+    would; a ModelDeployment's worker pod takes one and another workload's pod the
+    other. A change that makes KubeRay build a new RayCluster would leave its worker
+    Pending, so the operator holds it, says so (`UpgradeBlocked`), and hands it to
+    KubeRay once the other pod ends. The real scheduler places the pods and the real
+    kubelet admits them against the advertised GPUs; the Ray image is one the node's
+    registry does not have (the pods hold their GPUs without starting vLLM on a GPU
+    this machine lacks), so nothing here becomes Ready."""
+    cluster = kuberay_node_cluster
+    core = client.CoreV1Api(cluster.api_client)
+    [node] = [n.metadata.name for n in core.list_node().items]
+    assert node_images.registry is not None
+    name, holder = "gpu-upgrade", unique_name("gpu-holder")
+    document = {
+        "apiVersion": "modelfleet.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {"source": "builtin://tiny-llama", "servedName": MODEL},
+            "engine": {"kind": "vllm", "maxModelLen": 512},
+            "image": f"{node_images.registry}/modelfleet/absent:1",
+            "nodePools": [{"name": "gpu", "gpu": {"type": "L4", "memoryGiB": 24}, "cpu": 0.25}],
+            "monitoring": {"serviceMonitor": False, "dashboards": False},
+        },
+    }
+
+    def apply() -> None:
+        result = cluster.kubectl_run(
+            "apply", "--filename=-", input=json.dumps(document), check=False
+        )
+        assert result.returncode == 0, result.stderr
+
+    def workers_bound() -> int:
+        pods = core.list_namespaced_pod(
+            namespace, label_selector=f"modelfleet.io/deployment={name},modelfleet.io/pool=gpu"
+        ).items
+        return sum(1 for pod in pods if pod.spec.node_name and not pod.metadata.deletion_timestamp)
+
+    def blocked() -> dict[str, Any]:
+        return _condition(_get(cluster, "modeldeployment", namespace, name), "UpgradeBlocked")
+
+    def ray_service_generation() -> int:
+        ray_service = _get(cluster, "rayservice", namespace, name)
+        assert ray_service is not None
+        return int(ray_service["metadata"]["generation"])
+
+    _advertise_gpus(cluster, node, 2)
+    try:
+        core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": holder},
+                "spec": {
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [
+                        {
+                            "name": "holder",
+                            "image": node_images.operator,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": ["sleep", "3600"],
+                            "resources": {
+                                "requests": {"cpu": "10m", "memory": "16Mi", GPU: "1"},
+                                "limits": {"memory": "32Mi", GPU: "1"},
+                            },
+                        }
+                    ],
+                },
+            },
+        )
+        apply()
+        wait_until(lambda: workers_bound() == 1, "the gpu pool's worker pod to be placed", 180)
+        wait_until(lambda: blocked().get("status") == "False", "UpgradeBlocked False at first", 120)
+        before = ray_service_generation()
+
+        # More CPU per replica: a new worker group spec, so a new RayCluster.
+        document["spec"]["nodePools"][0]["cpu"] = 0.3
+        apply()
+        wait_until(lambda: blocked().get("status") == "True", "UpgradeBlocked to turn True", 120)
+        condition = blocked()
+        print(f"\nUpgradeBlocked: {condition['message']}")
+        assert condition["reason"] == "InsufficientGPUs"
+        assert (
+            "pool gpu needs 1 free GPU (1 replica × 1 GPU) while its 1 node has 0 free"
+            in condition["message"]
+        )
+        time.sleep(5)
+        assert ray_service_generation() == before, "the held change reached the RayService"
+
+        # The other workload ends; the operator's retry (30 s) hands the change over.
+        core.delete_namespaced_pod(holder, namespace, grace_period_seconds=0)
+        released = time.monotonic()
+        wait_until(lambda: blocked().get("status") == "False", "UpgradeBlocked to turn False", 180)
+        print(f"change applied {time.monotonic() - released:.0f} s after the GPU was freed")
+        assert ray_service_generation() > before
+    finally:
+        cluster.kubectl_run("delete", "modeldeployment", name, f"--namespace={namespace}",
+                            "--ignore-not-found", check=False)  # fmt: skip
+        cluster.kubectl_run("delete", "pod", holder, f"--namespace={namespace}",
+                            "--ignore-not-found", "--grace-period=0", check=False)  # fmt: skip
+        _wait_gone(cluster, namespace, name)
+        _advertise_gpus(cluster, node, None)

@@ -731,8 +731,8 @@ def test_a_change_no_node_has_the_gpus_for_waits_and_the_old_cluster_serves() ->
     }
     assert message(kube, "UpgradeBlocked").startswith(
         "generation 2 is not applied yet: the change needs a new RayCluster beside the "
-        "serving one, and pool h100 needs 4 free GPUs (1 replica of 4) and its 1 node(s) "
-        "have 2 free (room for 0 replicas)."
+        "running one, and pool h100 needs 4 free GPUs (1 replica × 4 GPUs) while its 1 "
+        "node has 2 free (room for 0 replicas)."
     )
     assert events.reasons() == ["UpgradeBlocked"]
     # Still short: nothing is written or said again.

@@ -78,8 +78,8 @@ def test_which_pools_hold_the_change(kind: str, nodes: list[NodeGPUs], short: li
     assert why is not None
     named = [pool.name for pool in SPEC.node_pools if f"pool {pool.name} " in why]
     assert named == short
-    assert why.startswith("the change needs a new RayCluster beside the serving one")
-    assert "the previous spec keeps serving" in why.lower()
+    assert why.startswith("the change needs a new RayCluster beside the running one")
+    assert "The RayService stays on the previous spec until the GPUs are free" in why
     assert SKIP_CAPACITY_ANNOTATION in why
 
 
@@ -88,6 +88,6 @@ def test_the_message_has_the_figures() -> None:
     why = blocked_upgrade(SPEC, Rollout(NEW_CLUSTER), nodes)
     assert why is not None
     assert (
-        "pool h100 needs 4 free GPUs (2 replicas of 2) and its 2 node(s) have 4 free "
+        "pool h100 needs 4 free GPUs (2 replicas × 2 GPUs) while its 2 nodes have 4 free "
         "(room for 1 replica)" in why
     )

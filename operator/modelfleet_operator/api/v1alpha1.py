@@ -557,8 +557,7 @@ class Condition(BaseModel):
 
     type: str = Field(
         description=(
-            "Validated, CapacityFits, RayServiceReady, PoolsSchedulable, UpgradeBlocked "
-            "or Ready."
+            "Validated, CapacityFits, RayServiceReady, PoolsSchedulable, UpgradeBlocked or Ready."
         )
     )
     status: ConditionStatus
