@@ -155,6 +155,7 @@ def decide(
     replicas: int,
     may_scale_up: bool = True,
     may_scale_down: bool = True,
+    running: int | None = None,
 ) -> Decision:
     """Decide one pool's replica target.
 
@@ -166,6 +167,10 @@ def decide(
         replicas: the pool's current target, counting replicas still starting.
         may_scale_up: False while a more preferred pool still has room to grow.
         may_scale_down: False while a less preferred pool is above its minimum.
+        running: how many of those replicas serve already (None: all of them). While
+            some are still starting the pool does not scale down: a starting replica
+            takes no requests yet, so a short queue says nothing about whether it is
+            needed, and removing it would throw away its load (minutes for a model).
 
     Returns:
         The new target (within the pool's bounds) and the state for the next call.
@@ -209,6 +214,10 @@ def decide(
             current, replace(state, overload_s=params.upscale_delay_s), "up held by preference"
         )
 
+    if running is not None and running < current:
+        return Decision(
+            current, replace(state, underload_since=None, downscale_floor=0), "replicas starting"
+        )
     return _consider_downscale(params, state, now, queue_depth, current, may_scale_down)
 
 
@@ -253,6 +262,8 @@ class PoolObservation:
     state: ScalingState
     queue_depth: float
     replicas: int
+    # Of `replicas`, those serving already; None: all of them.
+    running: int | None = None
 
 
 def decide_pools(pools: Sequence[PoolObservation], *, now: float) -> list[Decision]:
@@ -270,16 +281,18 @@ def decide_pools(pools: Sequence[PoolObservation], *, now: float) -> list[Decisi
     is at its minimum. Using the current targets (not this round's) keeps the rule
     free of circularity; the cost is one control-loop tick between two pools moving.
 
-    A pool at zero replicas gets no requests (the router skips it), so its own queue
-    stays empty however full the others are; it is given the backlog the more
-    preferred pools hold beyond their target instead (`spill_over`), and starts from
-    zero once they have been full for their upscale delay.
+    A pool with no serving replica gets no requests (the router skips it), so its own
+    queue stays empty however full the others are; it is given the backlog the more
+    preferred pools hold beyond their target instead (`spill_over`). So a pool at zero
+    starts once they have been full for their upscale delay, and keeps the replicas it
+    started while they load, rather than taking them back for an empty queue.
     """
     decisions = []
     for index, pool in enumerate(pools):
         before, after = pools[:index], pools[index + 1 :]
         queue_depth = pool.queue_depth
-        if pool.replicas == 0:
+        serving = pool.replicas if pool.running is None else min(pool.running, pool.replicas)
+        if serving == 0:
             queue_depth = max(queue_depth, spill_over(before))
         decisions.append(
             decide(
@@ -290,6 +303,7 @@ def decide_pools(pools: Sequence[PoolObservation], *, now: float) -> list[Decisi
                 replicas=pool.replicas,
                 may_scale_up=all(p.replicas >= p.params.max_replicas for p in before),
                 may_scale_down=all(p.replicas <= p.params.min_replicas for p in after),
+                running=pool.running,
             )
         )
     return decisions

@@ -159,6 +159,7 @@ class _Policy:
             state=ScalingState.from_dict(ctx.policy_state.get(_STATE_KEY)),
             queue_depth=queue_depth(ctx),
             replicas=ctx.target_num_replicas,
+            running=ctx.current_num_replicas,
         )
 
 
@@ -190,6 +191,7 @@ class QueueDepthPolicy(_Policy):
             now=_now(ctx),
             queue_depth=pool.queue_depth,
             replicas=pool.replicas,
+            running=pool.running,
         )
         _log_change(ctx, decision)
         return decision.replicas, {_STATE_KEY: decision.state.to_dict()}

