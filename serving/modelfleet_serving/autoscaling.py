@@ -63,6 +63,10 @@ MAX_COUNTED_EXCESS = 1.0
 # A smaller pool must keep the queue at or below this share of the target per replica;
 # the gap to the scale-up threshold (the full target) is what prevents flapping.
 DOWNSCALE_HEADROOM = 0.8
+# How long a pool holds replicas that are still starting before it may scale down
+# anyway: longer than a large model takes to load, short enough that a replica that
+# never starts (an engine that keeps failing) does not pin the pool at its size.
+STARTING_GRACE_S = 900.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,8 @@ class ScalingState:
         downscale_floor: the most replicas any moment since `underload_since` needed.
         sustained_queue: the lowest queue depth seen since the queue went over target
             with an empty bucket; None while the bucket is empty and the queue on target.
+        starting_since: when the pool last had fewer replicas serving than its
+            target, without a break since; None while all of them serve.
     """
 
     last_time: float | None = None
@@ -107,6 +113,7 @@ class ScalingState:
     sustained_queue: float | None = None
     underload_since: float | None = None
     downscale_floor: int = 0
+    starting_since: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly form, for stores such as Ray Serve's policy state."""
@@ -116,6 +123,7 @@ class ScalingState:
             "sustained_queue": self.sustained_queue,
             "underload_since": self.underload_since,
             "downscale_floor": self.downscale_floor,
+            "starting_since": self.starting_since,
         }
 
     @classmethod
@@ -129,6 +137,7 @@ class ScalingState:
             sustained_queue=data.get("sustained_queue"),
             underload_since=data.get("underload_since"),
             downscale_floor=int(data.get("downscale_floor", 0)),
+            starting_since=data.get("starting_since"),
         )
 
 
@@ -168,9 +177,10 @@ def decide(
         may_scale_up: False while a more preferred pool still has room to grow.
         may_scale_down: False while a less preferred pool is above its minimum.
         running: how many of those replicas serve already (None: all of them). While
-            some are still starting the pool does not scale down: a starting replica
-            takes no requests yet, so a short queue says nothing about whether it is
-            needed, and removing it would throw away its load (minutes for a model).
+            some are still starting the pool does not scale down (for at most
+            `STARTING_GRACE_S`): a starting replica takes no requests yet, so a short
+            queue says nothing about whether it is needed, and removing it would
+            throw away its load (minutes for a model).
 
     Returns:
         The new target (within the pool's bounds) and the state for the next call.
@@ -214,10 +224,14 @@ def decide(
             current, replace(state, overload_s=params.upscale_delay_s), "up held by preference"
         )
 
-    if running is not None and running < current:
-        return Decision(
-            current, replace(state, underload_since=None, downscale_floor=0), "replicas starting"
-        )
+    if running is None or running >= current:
+        state = replace(state, starting_since=None)
+    else:
+        since = now if state.starting_since is None else state.starting_since
+        state = replace(state, starting_since=since)
+        if now - since < STARTING_GRACE_S:
+            held = replace(state, underload_since=None, downscale_floor=0)
+            return Decision(current, held, "replicas starting")
     return _consider_downscale(params, state, now, queue_depth, current, may_scale_down)
 
 
@@ -248,9 +262,14 @@ def _consider_downscale(
 
 
 def _reset(state: ScalingState) -> ScalingState:
-    """The state after a change of target: both timers start again."""
+    """The state after a change of target: every timer starts again."""
     return replace(
-        state, overload_s=0.0, sustained_queue=None, underload_since=None, downscale_floor=0
+        state,
+        overload_s=0.0,
+        sustained_queue=None,
+        underload_since=None,
+        downscale_floor=0,
+        starting_since=None,
     )
 
 

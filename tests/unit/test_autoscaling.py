@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 from modelfleet_serving.autoscaling import (
+    STARTING_GRACE_S,
     Decision,
     PoolObservation,
     ScalingParams,
@@ -333,6 +334,14 @@ def test_a_pool_does_not_scale_down_while_replicas_start() -> None:
     # Once both serve, the same empty queue lets the pool shrink.
     served = decide(params, ScalingState(), now=0, queue_depth=0, replicas=2, running=2)
     assert served.replicas == 1
+    # A replica that never starts holds the pool only for the grace period.
+    state = ScalingState()
+    for now in (0.0, STARTING_GRACE_S - 1):
+        held = decide(params, state, now=now, queue_depth=0, replicas=2, running=1)
+        assert (held.replicas, held.reason) == (2, "replicas starting")
+        state = held.state
+    late = decide(params, state, now=STARTING_GRACE_S, queue_depth=0, replicas=2, running=1)
+    assert late.replicas == 1
     # Growing is not held by starting replicas.
     busy = ScalingState(last_time=0, overload_s=5)
     grown = decide(params, busy, now=1, queue_depth=20, replicas=2, running=1)
