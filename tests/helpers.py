@@ -61,9 +61,14 @@ def stop_group(
     first: signal.Signals = signal.SIGTERM,
     timeout: float = 30.0,
 ) -> None:
-    """Stop the process group led by `process`: `first`, then SIGKILL after `timeout`.
+    """Stop the process group led by `process`: `first`, then SIGKILL after `timeout`;
+    then SIGKILL whatever is left of its session.
 
-    SIGINT as `first` lets a command shut its own Ray down the way Ctrl-C does.
+    SIGINT as `first` lets a command shut its own Ray down the way Ctrl-C does. The
+    session sweep catches processes that left the group and outlived their parent:
+    Ray workers run in process groups of their own, and a vLLM engine core whose Ray
+    worker was killed keeps running, reparented to init, in the session `process`
+    started (it is started with `start_new_session=True`).
     """
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -73,3 +78,18 @@ def stop_group(
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    for pid in _session_members(process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _session_members(session: int) -> list[int]:
+    """The processes whose session id is `session` (Linux: read from /proc)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getsid(int(entry)) == session:
+                members.append(int(entry))
+    return members
