@@ -282,14 +282,15 @@ def _waits_for_gpus(
     logger: Logger,
 ) -> tuple[str | None, Object | None]:
     """Why the rendered RayService must not replace the live one yet (its new RayCluster
-    would wait for GPUs no node has free), or None; and the live RayService."""
-    live = _live_ray_service(ctx, md_obj)
-    if (
-        live is None
-        or all(pool.gpu is None for pool in md.spec.node_pools)
-        or skip_requested(md_obj["metadata"].get("annotations"))
+    would wait for GPUs no node has free), or None; and the live RayService when it was
+    read (only a spec with GPU pools and no skip annotation needs it)."""
+    if all(pool.gpu is None for pool in md.spec.node_pools) or skip_requested(
+        md_obj["metadata"].get("annotations")
     ):
-        return None, live
+        return None, None
+    live = _live_ray_service(ctx, md_obj)
+    if live is None:
+        return None, None
     [desired] = [obj for obj in objects if obj["kind"] == RAY_SERVICE_KIND]
     rollout = ray_service_rollout(live, desired)
     if rollout.kind != NEW_CLUSTER:

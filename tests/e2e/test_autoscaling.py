@@ -8,9 +8,8 @@ client, which also carries the cluster's auth token), carrying the
 application-level policy that orders the pools. Idle, the overflow pool goes to zero;
 load raises the preferred pool to its maximum, then starts the overflow pool from
 zero; idleness takes the overflow back to zero first, then the preferred pool to its
-minimum. The Serve targets, the
-`modelfleet_requests_waiting` queue-depth gauge and the `modelfleet_replicas` gauges
-are sampled throughout and must tell that story.
+minimum. The Serve targets, the `modelfleet_requests_waiting` queue-depth gauge and
+the `modelfleet_replicas` gauges are sampled throughout and must tell that story.
 """
 
 from __future__ import annotations
