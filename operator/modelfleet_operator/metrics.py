@@ -20,7 +20,8 @@ DEPLOYMENTS_METRIC = "modelfleet_operator_deployments"
 RECONCILE_TOTAL = Counter(
     RECONCILES_METRIC,
     "Reconciliations of ModelDeployments by result "
-    "(success, invalid, dependency_missing, conflict, upgrade_blocked, error).",
+    "(success, invalid, dependency_missing, conflict, upgrade_blocked, adapters_pending, "
+    "adapter_failed, error).",
     ["result"],
 )
 RECONCILE_SECONDS = Histogram(

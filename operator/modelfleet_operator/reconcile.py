@@ -36,6 +36,7 @@ from modelfleet_operator.api import v1alpha1
 from modelfleet_operator.api.v1alpha1 import ModelDeployment, ModelSpec
 from modelfleet_operator.capacity import CapacityFit, capacity_fit, gate, skip_requested
 from modelfleet_operator.checks import check
+from modelfleet_operator.front_door import read_health
 from modelfleet_operator.hub import ShapeCache, ShapeLookup
 from modelfleet_operator.monitoring import monitoring_objects, unwanted_monitoring_children
 from modelfleet_operator.names import (
@@ -56,7 +57,18 @@ from modelfleet_operator.rollout import (
     ray_service_rollout,
 )
 from modelfleet_operator.settings import Settings
-from modelfleet_operator.status import Observation, decide, status_patch, unschedulable_pools
+from modelfleet_operator.status import (
+    ADAPTERS_READY,
+    REASON_ADAPTER_FAILED,
+    REASON_ADAPTERS_LOADING,
+    FrontDoorHealth,
+    Observation,
+    adapters_verdict,
+    decide,
+    ray_service_readiness,
+    status_patch,
+    unschedulable_pools,
+)
 
 Object = dict[str, Any]
 # What Kopf hands handlers as `logger`, passed on to `reconcile`.
@@ -124,6 +136,9 @@ class Context:
     # Where model shapes come from for the capacity gate: the checkpoint (hub, files)
     # with answers cached, or a stand-in in tests.
     shapes: Callable[[ModelSpec], ShapeLookup] = field(default_factory=ShapeCache)
+    # What a ModelDeployment's front door reports on its replicas, by (namespace,
+    # name): its /health over HTTP, or a stand-in in tests.
+    front_door: Callable[[str, str], FrontDoorHealth] = read_health
 
     def lock_for(self, namespace: str, name: str) -> threading.Lock:
         """The lock of one ModelDeployment, created on first use."""
@@ -374,11 +389,41 @@ def _reconcile(ctx: Context, md_obj: Mapping[str, Any], logger: Logger, emit: Em
 
     _remove_unwanted(ctx, md_obj, checked.md, service_monitor_crd_exists, emit)
     pods = ctx.kube.pods(namespace, f"{LABEL_DEPLOYMENT}={meta['name']}")
-    done = replace(
-        seen, ray_service=live.get(RAY_SERVICE_KIND), unschedulable=unschedulable_pools(pods)
-    )
+    ray_service = live.get(RAY_SERVICE_KIND)
+    done = replace(seen, ray_service=ray_service, unschedulable=unschedulable_pools(pods))
+    if checked.md.spec.model.adapters and ray_service and ray_service_readiness(ray_service)[0]:
+        done = replace(done, front_door=ctx.front_door(namespace, meta["name"]))
     _write_status(ctx, md_obj, done, logger)
-    return Outcome("success")
+    return _adapters_outcome(ctx, md_obj, checked.md, done, emit)
+
+
+def _adapters_outcome(
+    ctx: Context, md_obj: Mapping[str, Any], md: ModelDeployment, seen: Observation, emit: EmitEvent
+) -> Outcome:
+    """How a reconciliation that applied everything ends, by the adapters' state.
+
+    While replicas load adapters (or the front door cannot be read) the front door is
+    read again soon: Serve's reconfigure changes no Kubernetes object that would
+    trigger a reconciliation. A failed adapter waits for a change of the spec (the
+    drift timer still reads it every interval) and is announced once by an event.
+    """
+    verdict = adapters_verdict(md, seen)
+    if verdict is None or verdict.status == "True" or seen.front_door is None:
+        return Outcome("success")
+    if verdict.reason == REASON_ADAPTER_FAILED:
+        before = {
+            c.get("type"): c.get("reason")
+            for c in (md_obj.get("status") or {}).get("conditions") or []
+        }
+        if before.get(ADAPTERS_READY) != REASON_ADAPTER_FAILED:
+            emit(md_obj, "Warning", "AdapterFailed", verdict.message)
+        return Outcome("adapter_failed")
+    delay = (
+        ctx.settings.adapter_poll
+        if verdict.reason == REASON_ADAPTERS_LOADING
+        else ctx.settings.retry_delay
+    )
+    return Outcome("adapters_pending", delay, verdict.message)
 
 
 def reconcile(

@@ -31,13 +31,17 @@ class Settings:
     """Seconds before retrying while waiting on others (KubeRay CRDs, a name conflict)."""
     bind_address: str
     """Address the health and metrics endpoints listen on."""
+    adapter_poll: float = 5.0
+    """Seconds between reads of the front door while the replicas load adapters."""
 
     @classmethod
     def from_env(cls) -> Settings:
         """MODELFLEET_DRIFT_INTERVAL_SECONDS (60), MODELFLEET_RETRY_SECONDS (30),
-        MODELFLEET_OPERATOR_BIND_ADDRESS (0.0.0.0: probes come from the kubelet)."""
+        MODELFLEET_OPERATOR_BIND_ADDRESS (0.0.0.0: probes come from the kubelet),
+        MODELFLEET_ADAPTER_POLL_SECONDS (5)."""
         return cls(
             drift_interval=_seconds("MODELFLEET_DRIFT_INTERVAL_SECONDS", 60.0),
             retry_delay=_seconds("MODELFLEET_RETRY_SECONDS", 30.0),
             bind_address=os.environ.get("MODELFLEET_OPERATOR_BIND_ADDRESS") or "0.0.0.0",
+            adapter_poll=_seconds("MODELFLEET_ADAPTER_POLL_SECONDS", 5.0),
         )

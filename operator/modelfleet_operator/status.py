@@ -2,14 +2,15 @@
 
 `decide` maps one observation (spec problems, missing dependencies, an ownership
 conflict, the RayService as KubeRay reports it, pods the scheduler cannot place, a
-change waiting for GPUs) to the whole status; `status_patch` says what to write, or
-that nothing changed, so the status is written only when it changes. Pure: no
+change waiting for GPUs, the adapters each LLM replica has loaded) to the whole
+status; `status_patch` says what to write, or that nothing changed, so the status is
+written only when it changes. Pure: no
 Kubernetes, Kopf or Ray imports; the clock is passed in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ CAPACITY_FITS = "CapacityFits"
 RAY_SERVICE_READY = "RayServiceReady"
 POOLS_SCHEDULABLE = "PoolsSchedulable"
 UPGRADE_BLOCKED = "UpgradeBlocked"
+ADAPTERS_READY = "AdaptersReady"
 READY = "Ready"
 
 # Reasons (CamelCase, for machines) the operator itself sets.
@@ -51,6 +53,88 @@ REASON_SCHEDULED = "Scheduled"
 # A change that needs a new RayCluster waits for the GPUs it would start on.
 REASON_INSUFFICIENT_GPUS = "InsufficientGPUs"
 REASON_NOT_BLOCKED = "NotBlocked"
+# LoRA adapters, as the LLM replicas report them through the front door's /health.
+REASON_ADAPTERS_LOADED = "AdaptersLoaded"
+REASON_ADAPTERS_LOADING = "AdaptersLoading"
+REASON_ADAPTER_FAILED = "AdapterFailed"
+REASON_HEALTH_UNAVAILABLE = "HealthUnavailable"
+REASON_NOT_CHECKED = "NotChecked"
+# Ready is False while the RayService serves but an adapter of the spec does not.
+REASON_ADAPTERS_NOT_READY = "AdaptersNotReady"
+# vLLM's reasons can be long (a path, a traceback's last line): the status keeps a line.
+_ADAPTER_REASON_CHARS = 300
+
+
+@dataclass(frozen=True)
+class FrontDoorHealth:
+    """What the front door's `/health` said about the LLM replicas, or why it could
+    not be read. Each replica entry has `pool`, `replica`, `adapters` (the names it has
+    loaded) and `adapterErrors` (name → why it failed to load)."""
+
+    replicas: tuple[Mapping[str, Any], ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class AdapterVerdict:
+    """The `AdaptersReady` condition's status, reason and message."""
+
+    status: ConditionStatus
+    reason: str
+    message: str
+
+
+def adapter_readiness(wanted: Sequence[str], health: FrontDoorHealth) -> AdapterVerdict:
+    """Whether every LLM replica the front door knows has loaded each adapter in `wanted`.
+
+    A failure on any replica wins (it names the adapter, the replicas and vLLM's
+    reason); then adapters still missing somewhere (loading: Serve hands the new
+    adapter list to the replicas after KubeRay deployed it); otherwise all loaded.
+    Adapters a replica has but the spec no longer lists do not count.
+    """
+    if health.error is not None:
+        return AdapterVerdict(
+            "Unknown",
+            REASON_HEALTH_UNAVAILABLE,
+            f"cannot read which adapters the replicas loaded: {health.error}",
+        )
+    replicas = health.replicas
+    if not replicas:
+        return AdapterVerdict(
+            "False", REASON_ADAPTERS_LOADING, "no LLM replica reports its adapters yet"
+        )
+    failures = []
+    for name in wanted:
+        failed = [r for r in replicas if name in (r.get("adapterErrors") or {})]
+        if failed:
+            why = " ".join(str(failed[0]["adapterErrors"][name]).split())
+            if len(why) > _ADAPTER_REASON_CHARS:
+                why = why[: _ADAPTER_REASON_CHARS - 1] + "…"
+            failures.append(
+                f"adapter {name} failed to load on {len(failed)} of {len(replicas)} replicas: {why}"
+            )
+    if failures:
+        return AdapterVerdict(
+            "False",
+            REASON_ADAPTER_FAILED,
+            "; ".join(failures) + ". The model and the other adapters keep serving; fix "
+            "the adapter's source (files, rank within engine.maxLoraRank, trained for "
+            "this base model) in spec.model.adapters, or remove it",
+        )
+    loading = []
+    for name in wanted:
+        loaded = sum(name in (r.get("adapters") or ()) for r in replicas)
+        if loaded < len(replicas):
+            loading.append(f"{name} on {loaded} of {len(replicas)}")
+    if loading:
+        return AdapterVerdict(
+            "False", REASON_ADAPTERS_LOADING, "adapters loaded so far: " + ", ".join(loading)
+        )
+    return AdapterVerdict(
+        "True",
+        REASON_ADAPTERS_LOADED,
+        f"{', '.join(wanted)} loaded on every replica ({len(replicas)})",
+    )
 
 
 @dataclass(frozen=True)
@@ -76,6 +160,9 @@ class Observation:
     # Why this generation waits for GPUs (rollout.blocked_upgrade); `ray_service` is
     # then the live one of an earlier generation, which keeps serving.
     upgrade_blocked: str | None = None
+    # The front door's report on the replicas, read when the spec lists adapters and
+    # the RayService is ready.
+    front_door: FrontDoorHealth | None = None
 
 
 def unschedulable_pools(pods: Iterable[Mapping[str, Any]]) -> dict[str, str]:
@@ -212,11 +299,30 @@ def _upgrade(
     return cond(UPGRADE_BLOCKED, "True", REASON_INSUFFICIENT_GPUS, message)
 
 
+def adapters_verdict(md: ModelDeployment, seen: Observation) -> AdapterVerdict | None:
+    """The `AdaptersReady` verdict for a spec that lists adapters; None otherwise."""
+    wanted = [adapter.name for adapter in md.spec.model.adapters]
+    if not wanted:
+        return None
+    if seen.upgrade_blocked is not None:
+        return AdapterVerdict(
+            "Unknown",
+            REASON_NOT_CHECKED,
+            f"not checked: generation {seen.generation} waits for GPUs (see UpgradeBlocked)",
+        )
+    if seen.front_door is None:
+        return AdapterVerdict(
+            "Unknown", REASON_NOT_CHECKED, "not checked: the RayService is not ready"
+        )
+    return adapter_readiness(wanted, seen.front_door)
+
+
 def _ready(
     cond: Callable[[str, ConditionStatus, str, str], Condition],
     md: ModelDeployment,
     url: str,
     seen: Observation,
+    adapters: AdapterVerdict | None,
 ) -> Condition:
     serving = f"serving {md.spec.model.served_name} at {url}"
     if seen.upgrade_blocked is not None:
@@ -226,6 +332,15 @@ def _ready(
             REASON_SERVING_PREVIOUS,
             f"serving the previous spec at {url}; generation {seen.generation} waits for "
             "GPUs (see UpgradeBlocked)",
+        )
+    if adapters is not None and adapters.status != "True":
+        # The spec is served once its adapters are too: a listed adapter that no replica
+        # (or only some) can answer for is not Ready, whatever the base model does.
+        return cond(
+            READY,
+            "False",
+            REASON_ADAPTERS_NOT_READY,
+            f"{serving}, but not every adapter yet (see AdaptersReady): {adapters.message}",
         )
     if upgrading(seen.ray_service):
         # Still serving, from the old RayCluster until KubeRay switches over.
@@ -343,16 +458,23 @@ def decide(seen: Observation, previous_status: Mapping[str, Any], now: str) -> d
                 if seen.ray_service is not None
                 else (False, REASON_WAITING, f"RayService {name} does not exist yet")
             )
+            adapters = adapters_verdict(md, seen)
             conditions = [
                 valid,
                 fits,
                 cond(RAY_SERVICE_READY, "True" if ready else "False", reason, message),
                 _schedulable(cond, seen.unschedulable),
                 _upgrade(cond, seen),
-                _ready(cond, md, url, seen)
-                if ready
-                else cond(READY, "False", REASON_NOT_READY, message),
             ]
+            if adapters is not None:
+                conditions.append(
+                    cond(ADAPTERS_READY, adapters.status, adapters.reason, adapters.message)
+                )
+            conditions.append(
+                _ready(cond, md, url, seen, adapters)
+                if ready
+                else cond(READY, "False", REASON_NOT_READY, message)
+            )
             cluster = (
                 ((seen.ray_service or {}).get("status") or {}).get("activeServiceStatus") or {}
             ).get("rayClusterStatus") or {}

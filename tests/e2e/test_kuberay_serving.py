@@ -35,6 +35,8 @@ CHART = ROOT / "helm" / "modelfleet"
 EXAMPLE = ROOT / "manifests" / "examples" / "tiny-cpu.yaml"
 NAME = "tiny-cpu"
 MODEL = "tiny-llama"
+ADAPTER = "tiny-llama-lora"
+GOOD_ADAPTER = {"name": ADAPTER, "source": "builtin://tiny-llama-lora"}
 SERVE_PORT = 8000
 # The Ray image is pulled once (minutes), Ray starts in two pods, KubeRay deploys the
 # Serve app, and vLLM loads the model on CPU: many minutes on a busy two-core machine.
@@ -87,6 +89,18 @@ def _state(cluster: NodeCluster, namespace: str) -> str:
             )  # fmt: skip
             parts.append(f"--- {pod.metadata.name}/{container.name}\n{logs.stdout}{logs.stderr}")
     return "\n".join(parts)
+
+
+def _wait_ready(cluster: NodeCluster, namespace: str, what: str, timeout: float) -> None:
+    """Until the ModelDeployment's Ready condition is True."""
+    wait_until(
+        lambda: (
+            _condition(_get(cluster, "modeldeployment", namespace, NAME), "Ready").get("status")
+            == "True"
+        ),
+        what,
+        timeout=timeout,
+    )
 
 
 def _wait_gone(cluster: NodeCluster, namespace: str, name: str) -> None:
@@ -334,16 +348,25 @@ def _serve_application(dashboard: str) -> dict[str, Any] | None:
 def test_a_serve_level_change_is_applied_in_place(
     kuberay_node_cluster: NodeCluster, namespace: str, served: float
 ) -> None:
-    """maxNumSeqs and the autoscaling target live in serveConfigV2 only: KubeRay hands
-    the new config to the running Ray cluster, no pod is recreated, and the endpoint
-    serves again once Serve has restarted the replica with the new engine settings."""
+    """maxNumSeqs, LoRA support (with an adapter) and the autoscaling target live in
+    serveConfigV2 only: KubeRay hands the new config to the running Ray cluster, no pod
+    is recreated, and the ModelDeployment is Ready again once Serve has restarted the
+    replica with the new engine settings and the replica has loaded the adapter (the
+    operator reads the front door's /health through the Service's DNS name)."""
     cluster = kuberay_node_cluster
     core = client.CoreV1Api(cluster.api_client)
     selector = f"modelfleet.io/deployment={NAME}"
     before = {
         p.metadata.uid for p in core.list_namespaced_pod(namespace, label_selector=selector).items
     }
-    change = {"spec": {"engine": {"maxNumSeqs": 16}, "autoscaling": {"targetQueueDepth": 4}}}
+    change = {
+        "spec": {
+            # vLLM's CPU LoRA kernels need float32 with the tiny model.
+            "model": {"dtype": "float32", "adapters": [GOOD_ADAPTER]},
+            "engine": {"maxNumSeqs": 16, "maxLoras": 2, "maxLoraRank": 8},
+            "autoscaling": {"targetQueueDepth": 4},
+        }
+    }
     started = time.monotonic()
     cluster.kubectl_run(
         "patch", "modeldeployment", NAME, f"--namespace={namespace}", "--type=merge",
@@ -361,15 +384,11 @@ def test_a_serve_level_change_is_applied_in_place(
     with cluster.port_forward(namespace, f"pod/{_head_pod(cluster, namespace)}", 8265) as port:
         dashboard = f"http://127.0.0.1:{port}"
         wait_for(lambda: applied(dashboard), "Ray Serve to run the new config", 900, interval=3)
-    wait_until(
-        lambda: (
-            _condition(_get(cluster, "modeldeployment", namespace, NAME), "Ready").get("status")
-            == "True"
-        ),
-        "the ModelDeployment to be Ready again",
-        timeout=600,
-    )
+    _wait_ready(cluster, namespace, "the ModelDeployment to be Ready again", 600)
     print(f"\nServe-level change applied in place in {time.monotonic() - started:.0f} s")
+    md = _get(cluster, "modeldeployment", namespace, NAME)
+    adapters = _condition(md, "AdaptersReady")
+    assert (adapters.get("status"), adapters.get("reason")) == ("True", "AdaptersLoaded"), md
     after = {
         p.metadata.uid for p in core.list_namespaced_pod(namespace, label_selector=selector).items
     }
@@ -380,6 +399,70 @@ def test_a_serve_level_change_is_applied_in_place(
         )
         completion = api.completions.create(model=MODEL, prompt="The sea", max_tokens=4)
         assert completion.usage is not None and completion.usage.completion_tokens == 4
+        answer = api.completions.create(model=ADAPTER, prompt="The sea", max_tokens=4)
+        assert answer.model == ADAPTER
+
+
+def _patch_adapters(cluster: NodeCluster, namespace: str, adapters: list[dict[str, str]]) -> None:
+    change = {"spec": {"model": {"adapters": adapters}}}
+    cluster.kubectl_run(
+        "patch", "modeldeployment", NAME, f"--namespace={namespace}", "--type=merge",
+        f"--patch={json.dumps(change)}",
+    )  # fmt: skip
+
+
+def test_an_adapter_that_fails_to_load_is_named_and_the_rest_serve(
+    kuberay_node_cluster: NodeCluster, namespace: str, served: float
+) -> None:
+    """After the in-place change (LoRA on, one adapter): a second adapter whose files do
+    not exist. The replica keeps serving the model and the first adapter; the status
+    names the broken one with vLLM's reason; removing it makes the ModelDeployment Ready
+    again, with no restart of the engine."""
+    cluster = kuberay_node_cluster
+    broken = {"name": "broken", "source": "file:///nonexistent/adapter"}
+    _patch_adapters(cluster, namespace, [GOOD_ADAPTER, broken])
+
+    def failed() -> dict[str, Any] | None:
+        md = _get(cluster, "modeldeployment", namespace, NAME)
+        condition = _condition(md, "AdaptersReady")
+        return md if condition.get("reason") == "AdapterFailed" else None
+
+    try:
+        md = wait_for(failed, "AdaptersReady to name the broken adapter", 300, interval=2)
+    except Exception:
+        print(_state(cluster, namespace))
+        raise
+    message = _condition(md, "AdaptersReady")["message"]
+    assert message.startswith("adapter broken failed to load on 1 of 1 replicas: "), message
+    assert "nonexistent" in message or "not found" in message.lower(), "vLLM's reason is kept"
+    ready = _condition(md, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "AdaptersNotReady"), ready
+    events = cluster.kubectl_run(
+        "get", "events", f"--namespace={namespace}", "--field-selector=reason=AdapterFailed",
+        "--output=json",
+    ).stdout  # fmt: skip
+    [event] = json.loads(events)["items"]
+    assert event["type"] == "Warning" and "adapter broken" in event["message"]
+    with cluster.port_forward(namespace, f"svc/{NAME}-openai", SERVE_PORT) as port:
+        base = f"http://127.0.0.1:{port}/v1"
+        for model in (MODEL, ADAPTER):
+            answer = httpx.post(
+                f"{base}/completions",
+                json={"model": model, "prompt": "The sea", "max_tokens": 4},
+                timeout=300,
+            )
+            assert answer.status_code == 200, (model, answer.text)
+        refused = httpx.post(
+            f"{base}/completions",
+            json={"model": "broken", "prompt": "The sea", "max_tokens": 4},
+            timeout=300,
+        )
+        assert refused.status_code == 404, refused.text
+        assert refused.json()["error"]["code"] == "model_not_found"
+    _patch_adapters(cluster, namespace, [GOOD_ADAPTER])
+    _wait_ready(cluster, namespace, "Ready once the broken adapter is removed", 300)
+    md = _get(cluster, "modeldeployment", namespace, NAME)
+    assert _condition(md, "AdaptersReady")["reason"] == "AdaptersLoaded"
 
 
 def test_deleting_the_model_deployment_removes_everything_it_made(

@@ -30,6 +30,7 @@ from modelfleet_operator.names import (
 from modelfleet_operator.reconcile import Context, Outcome, reconcile
 from modelfleet_operator.rollout import GPU_RESOURCE as GPU
 from modelfleet_operator.settings import Settings
+from modelfleet_operator.status import FrontDoorHealth
 from prometheus_client import REGISTRY
 
 Object = dict[str, Any]
@@ -778,3 +779,62 @@ def test_changes_that_go_ahead_without_free_gpus(
     assert outcome == Outcome("success")
     assert "UpgradeBlocked" not in events.reasons()
     assert _key(RAY_API_VERSION, RAY_SERVICE_KIND, NAMESPACE, NAME) in kube.verbs("apply")
+
+
+def _serving(kube: FakeKube) -> None:
+    """KubeRay reports the RayService Ready."""
+    ray_service = kube.of(RAY_API_VERSION, RAY_SERVICE_KIND, NAME)
+    assert ray_service is not None
+    ray_service["status"] = {
+        "conditions": [{"type": "Ready", "status": "True", "reason": "NonZeroServeEndpoints"}]
+    }
+
+
+def test_ready_follows_the_adapters_the_front_door_reports() -> None:
+    """Loading: polled soon; loaded on every replica: Ready; a failure: one event, and no
+    poll (it waits for a change of the spec)."""
+    adapter = {"name": "lora", "source": "file:///adapters/lora"}
+    md = model_deployment()
+    md["spec"]["model"]["adapters"] = [adapter]
+    kube, ctx = cluster(md)
+    reports: list[FrontDoorHealth] = []
+    ctx.front_door = lambda namespace, name: reports[-1]
+    outcome, _ = run(ctx)
+    assert outcome == Outcome("success"), "the RayService is not ready: nothing to ask"
+    assert status_reason(kube, "AdaptersReady") == "NotChecked"
+    _serving(kube)
+
+    def replica(adapters: list[str], errors: dict[str, str]) -> dict[str, Any]:
+        return {"pool": "cpu", "replica": "r1", "adapters": adapters, "adapterErrors": errors}
+
+    reports.append(FrontDoorHealth(replicas=(replica([], {}),)))
+    outcome, _ = run(ctx)
+    assert outcome is not None and outcome.result == "adapters_pending"
+    assert outcome.retry_after == ctx.settings.adapter_poll
+    assert (status_reason(kube, "AdaptersReady"), status_reason(kube, "Ready")) == (
+        "AdaptersLoading",
+        "AdaptersNotReady",
+    )
+    reports.append(FrontDoorHealth(replicas=(replica(["lora"], {}),)))
+    assert run(ctx)[0] == Outcome("success")
+    assert (status_reason(kube, "AdaptersReady"), status_reason(kube, "Ready")) == (
+        "AdaptersLoaded",
+        "Serving",
+    )
+    reports.append(FrontDoorHealth(replicas=(replica([], {"lora": "No adapter found"}),)))
+    outcome, events = run(ctx)
+    assert outcome == Outcome("adapter_failed")
+    assert status_reason(kube, "Ready") == "AdaptersNotReady"
+    [(kind, _, message)] = [e for e in events.seen if e[1] == "AdapterFailed"]
+    assert kind == "Warning" and "adapter lora failed to load" in message
+    assert "No adapter found" in message
+    again, events = run(ctx)
+    assert again == Outcome("adapter_failed")
+    assert "AdapterFailed" not in events.reasons(), "said once, not every reconcile"
+    reports.append(FrontDoorHealth(error="GET http://tiny-openai.llm.svc:8000/health: timed out"))
+    outcome, _ = run(ctx)
+    assert outcome is not None and (outcome.result, outcome.retry_after) == (
+        "adapters_pending",
+        RETRY,
+    )
+    assert status_reason(kube, "AdaptersReady") == "HealthUnavailable"
