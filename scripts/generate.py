@@ -7,6 +7,7 @@
 | `dashboards/*.json` | the dashboards as code in `operator/modelfleet_operator/dashboards/` |
 | `operator/modelfleet_operator/data/vllm_flags.txt` | the installed vLLM's `vllm serve` parser |
 | `operator/modelfleet_operator/data/triton_flags.txt` | `tritonserver --help` (cached build) |
+| `serving/modelfleet_serving/data/openai_requests.json` | the installed vLLM's request models |
 | `tests/golden/*.yaml` | `modelfleet render` of each file in `manifests/examples/` |
 | `helm/modelfleet/{crds,dashboards,rbac}/` | copies of the CRDs, dashboards and `manifests/rbac/` |
 | `manifests/install/modelfleet.yaml` | the chart rendered by the real helm (`scripts/chart.py`) |
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -41,6 +43,7 @@ DATA_DIR = REPO / "operator" / "modelfleet_operator" / "data"
 FLAGS_FILE = DATA_DIR / "vllm_flags.txt"
 TRITON_FLAGS_FILE = DATA_DIR / "triton_flags.txt"
 QUANTIZATION_FILE = REPO / "operator" / "modelfleet_operator" / "api" / "quantization.py"
+OPENAI_REQUESTS_FILE = REPO / "serving" / "modelfleet_serving" / "data" / "openai_requests.json"
 
 FLAG_FILE_HEADER = """\
 # {what}
@@ -221,6 +224,36 @@ def vllm_flag_files() -> dict[Path, str]:
     }
 
 
+def openai_request_schemas() -> str:
+    """The JSON schemas of the bodies the replicas accept, from vLLM's own pydantic
+    request models, for the front door's OpenAPI document (openapi.py).
+
+    The front door relays bodies without importing vLLM, so it reads them from here.
+    """
+    if importlib.util.find_spec("vllm") is None:
+        return _kept(OPENAI_REQUESTS_FILE, "vLLM")
+    import vllm
+    from pydantic.json_schema import models_json_schema
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    models = [(ChatCompletionRequest, "validation"), (CompletionRequest, "validation")]
+    refs, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    document = {
+        "generated": f"by `make generate` from vLLM {vllm.__version__}'s request models; "
+        "do not edit",
+        "chat": refs[models[0]],
+        "completion": refs[models[1]],
+        "schemas": top.get("$defs", {}),
+    }
+    return json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def openai_request_files() -> dict[Path, str]:
+    """The request schemas of the front door's OpenAPI document."""
+    return {OPENAI_REQUESTS_FILE: openai_request_schemas()}
+
+
 def vllm_quantization_methods() -> list[str]:
     """vLLM's quantization methods, as the installed vLLM declares them.
 
@@ -300,6 +333,7 @@ GENERATORS: tuple[tuple[str, Callable[[], dict[Path, str]], Path, str], ...] = (
     ("CRDs", crd_files, CRD_DIR, "*.yaml"),
     ("dashboards", dashboard_json_files, DASHBOARDS_DIR, "*.json"),
     ("engine flags", vllm_flag_files, DATA_DIR, "*_flags.txt"),
+    ("request schemas", openai_request_files, OPENAI_REQUESTS_FILE.parent, "*.json"),
     ("goldens", golden_files, GOLDEN_DIR, "*.yaml"),
 )
 

@@ -5,11 +5,13 @@ loaded: the front door is where requests are routed, so what it reports is what 
 answered. The Service's port is open to every pod (see render.network_policy) and
 `/health` needs no API key, so this works wherever the operator runs inside the
 cluster. Run outside it (`modelfleet operator` on a workstation), the Service's name
-does not resolve, and the status says the adapters could not be checked.
+does not resolve: it is not looked up, and the status says the adapters could not be
+checked.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -27,10 +29,25 @@ def health_url(namespace: str, name: str) -> str:
 
 
 def read_health(
-    namespace: str, name: str, *, get: Callable[..., httpx.Response] = httpx.get
+    namespace: str,
+    name: str,
+    *,
+    get: Callable[..., httpx.Response] = httpx.get,
+    in_cluster: bool | None = None,
 ) -> FrontDoorHealth:
     """What the front door of ModelDeployment `namespace/name` reports, or why it did
-    not (`get` is httpx's, or a stand-in in tests)."""
+    not (`get` is httpx's, or a stand-in in tests).
+
+    Outside a cluster (no KUBERNETES_SERVICE_HOST, which the kubelet sets in every
+    pod) the Service's name would go to the machine's resolver, so it is not looked up.
+    """
+    if in_cluster is None:
+        in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    if not in_cluster:
+        return FrontDoorHealth(
+            error="the operator runs outside the cluster (no KUBERNETES_SERVICE_HOST), "
+            f"where {openai_service_name(name)}.{namespace}.svc does not resolve"
+        )
     url = health_url(namespace, name)
     try:
         answer = get(url, timeout=TIMEOUT_S)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import random
 import time
@@ -47,6 +46,7 @@ from modelfleet_serving.errors import (
     unavailable,
 )
 from modelfleet_serving.metrics import NO_POOL, IngressMetrics
+from modelfleet_serving.openapi import openapi_document
 from modelfleet_serving.replica_http import TOKEN_HEADER, sse_error
 from modelfleet_serving.routing import (
     PoolChoice,
@@ -57,7 +57,13 @@ from modelfleet_serving.routing import (
 )
 from modelfleet_serving.stats_hub import stats_hub
 from modelfleet_serving.telemetry import RUNNING, PoolSummary, ReplicaReport, summarize
-from modelfleet_serving.validation import Limits, check_chat, check_completion, check_model
+from modelfleet_serving.validation import (
+    Limits,
+    check_chat,
+    check_completion,
+    check_model,
+    parse_body,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -77,7 +83,11 @@ def _error_response(info: ErrorInfo) -> JSONResponse:
     return JSONResponse(info.body(), status_code=info.status)
 
 
-api = FastAPI(title="modelfleet OpenAI-compatible API", docs_url=None, redoc_url=None)
+# The OpenAPI document is served by a route of its own (openapi.py): FastAPI's would
+# not know the request bodies, which are relayed without being parsed here.
+api = FastAPI(
+    title="modelfleet OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None
+)
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -85,6 +95,15 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     # Unknown paths and methods get the same error shape as everything else.
     code = "not_found" if exc.status_code == 404 else "invalid_request"
     return _error_response(ErrorInfo(exc.status_code, str(exc.detail), code))
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # A bug here must still answer in the one error shape (and not as Starlette's
+    # plain-text page); the traceback goes to the log.
+    logger.error("unexpected error answering %s", request.url.path, exc_info=exc)
+    info = ErrorInfo(500, f"internal error in the front door: {type(exc).__name__}", "internal")
+    return _error_response(info)
 
 
 @serve.ingress(api)
@@ -238,6 +257,11 @@ class OpenAIIngress:
 
         return Response(self._metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self) -> JSONResponse:
+        """The OpenAPI 3.1 document of this API, request bodies included."""
+        return JSONResponse(openapi_document())
+
     @api.get("/v1/models")
     async def models(self, request: Request) -> Response:
         """The served model and the LoRA adapters running replicas serve, in OpenAI's
@@ -273,10 +297,7 @@ class OpenAIIngress:
         passed the checks."""
         self._authorize(request)
         raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ServingError(bad_request(f"Malformed JSON body: {e}", code="invalid_json")) from e
+        body = parse_body(raw)
         if not isinstance(body, dict):
             raise ServingError(bad_request("The body must be a JSON object.", code="invalid_json"))
         model = check_model(body, self._limits)

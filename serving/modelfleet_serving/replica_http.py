@@ -48,6 +48,7 @@ from modelfleet_serving.errors import (
     queue_full,
     unavailable,
 )
+from modelfleet_serving.validation import parse_body
 
 logger = logging.getLogger("ray.serve")
 
@@ -165,14 +166,20 @@ class ReplicaAPI:
             self.streams -= 1
 
     def _parse(self, kind: str, raw: bytes) -> Any:
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ServingError(bad_request(f"Malformed JSON body: {e}", code="invalid_json")) from e
+        body = parse_body(raw)
         try:
             return self._models[kind].model_validate(body)
         except ValidationError as e:
             raise ServingError(from_validation_errors(e.errors())) from e
+        except Exception as e:
+            # The models' own validators raise errors of their own for bodies they
+            # refuse (vLLM's VLLMValidationError: an empty prompt, logprob_token_ids
+            # without logprobs), which pydantic does not wrap. Whatever validating the
+            # user's body raises is a refusal of that body, not a server failure.
+            param = getattr(e, "parameter", None)
+            raise ServingError(
+                bad_request(str(e), param=param if isinstance(param, str) else None)
+            ) from e
 
     async def _answer(self, kind: str, raw: bytes, receive: Receive, send: Send) -> None:
         try:

@@ -10,6 +10,7 @@ Pure: raises `ServingError`; no Ray, vLLM or web-framework imports.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,25 @@ class Limits:
 
     served_names: Sequence[str]
     max_n: int
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value (RFC 8259 has no NaN or Infinity)")
+
+
+def parse_body(raw: bytes) -> Any:
+    """The JSON value of a request body; a 400 `invalid_json` for anything that is not
+    strict JSON: bytes that are not UTF-8, syntax errors, NaN or Infinity (which
+    Python's parser would accept and an engine would sample with), and nesting too
+    deep for the parser (RecursionError, which would otherwise be a 500)."""
+    try:
+        return json.loads(raw, parse_constant=_not_json)
+    except RecursionError as e:
+        raise ServingError(
+            bad_request("Malformed JSON body: nested too deeply.", code="invalid_json")
+        ) from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError and NaN are ValueErrors
+        raise ServingError(bad_request(f"Malformed JSON body: {e}", code="invalid_json")) from e
 
 
 def _fail(message: str, param: str | None, code: str = "invalid_value") -> ServingError:
@@ -93,13 +113,21 @@ def check_chat(body: dict[str, Any], limits: Limits) -> None:
         if not isinstance(message, dict):
             raise _fail(f"messages.{i}: must be an object", f"messages.{i}")
         role = message.get("role")
-        if role not in CHAT_ROLES:
+        if not isinstance(role, str) or role not in CHAT_ROLES:
             raise _fail(
                 f"messages.{i}.role: unknown role {role!r}; expected one of "
                 f"{', '.join(sorted(CHAT_ROLES))}",
                 f"messages.{i}.role",
             )
     _check_common(body, limits)
+
+
+def _is_prompt_list(prompt: list[Any]) -> bool:
+    """Strings, token ids, or lists of token ids; booleans are no token ids (vLLM's
+    models would read `false` as token 0)."""
+    if all(isinstance(p, str) for p in prompt) or all(_is_int(p) for p in prompt):
+        return True
+    return all(isinstance(p, list) and all(_is_int(t) for t in p) for p in prompt)
 
 
 def check_completion(body: dict[str, Any], limits: Limits) -> None:
@@ -109,4 +137,9 @@ def check_completion(body: dict[str, Any], limits: Limits) -> None:
         raise _fail("prompt: a prompt is required", "prompt")
     if not isinstance(prompt, str | list) or (isinstance(prompt, list) and not prompt):
         raise _fail("prompt: must be a string or a non-empty list", "prompt")
+    if isinstance(prompt, list) and not _is_prompt_list(prompt):
+        raise _fail(
+            "prompt: a list must hold strings, token ids (integers), or lists of token ids",
+            "prompt",
+        )
     _check_common(body, limits)

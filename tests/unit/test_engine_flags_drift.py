@@ -3,7 +3,9 @@
 The operator lints `engine.extraArgs` against operator/modelfleet_operator/data/
 vllm_flags.txt and triton_flags.txt, and the CRD's quantization enum is
 operator/modelfleet_operator/api/quantization.py, so that it never imports vLLM or
-runs tritonserver. These tests regenerate each from its source where the source is
+runs tritonserver; the front door's OpenAPI document takes its request bodies from
+serving/modelfleet_serving/data/openai_requests.json, so that it never imports vLLM
+either. These tests regenerate each from its source where the source is
 installed (slow: vLLM imports torch) and fail on drift; each skips where its tool is
 absent. Regenerate with `make generate` and review the diff.
 """
@@ -15,11 +17,14 @@ import importlib.util
 import pytest
 from modelfleet_operator.api.quantization import Quantization
 from modelfleet_operator.engine_flags import TRITON_FLAGS_FILE, VLLM_FLAGS_FILE
+from modelfleet_serving.openapi import REQUESTS_FILE
 
 from scripts.generate import (
     FLAGS_FILE,
+    OPENAI_REQUESTS_FILE,
     QUANTIZATION_FILE,
     member_name,
+    openai_request_schemas,
     parse_triton_help,
     quantization_module,
     triton_flags,
@@ -86,3 +91,12 @@ def test_triton_help_is_parsed() -> None:
 def test_member_names(method: str, member: str) -> None:
     assert member_name(method) == member
     assert Quantization[member].value == method
+
+
+@pytest.mark.skipif(NO_VLLM, reason="vLLM is not installed")
+def test_the_front_doors_request_schemas_match_the_installed_vllm() -> None:
+    assert OPENAI_REQUESTS_FILE == REQUESTS_FILE
+    assert OPENAI_REQUESTS_FILE.read_text() == openai_request_schemas(), (
+        f"{OPENAI_REQUESTS_FILE.name} drifted from the installed vLLM's request models; "
+        "regenerate it with `make generate` and review the diff"
+    )

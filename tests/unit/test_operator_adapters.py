@@ -222,9 +222,19 @@ def _refused(url: str, timeout: float) -> httpx.Response:
     ],
 )  # fmt: skip
 def test_reading_the_front_door(get: Any, replicas: tuple[Any, ...], error: str | None) -> None:
-    health = read_health("ns", "m", get=get)
+    health = read_health("ns", "m", get=get, in_cluster=True)
     assert health.replicas == replicas
     if error is None:
         assert health.error is None
     else:
         assert health.error is not None and error in health.error, health.error
+
+
+def test_outside_the_cluster_the_service_name_is_not_looked_up() -> None:
+    def unreachable(url: str, timeout: float) -> httpx.Response:
+        raise AssertionError("no request outside the cluster")
+
+    health = read_health("ns", "m", get=unreachable, in_cluster=False)
+    assert health.replicas == ()
+    assert health.error is not None and "outside the cluster" in health.error
+    assert "m-openai.ns.svc" in health.error

@@ -7,13 +7,27 @@ from typing import Any
 
 from modelfleet_serving.errors import ServingError, bad_request
 from modelfleet_serving.replica_http import TOKEN_HEADER, ReplicaAPI
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
+
+
+class RefusedByValidator(Exception):
+    """Like vLLM's VLLMValidationError: not a ValueError, so pydantic lets it through."""
+
+    def __init__(self, message: str, parameter: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
 
 
 class Request(BaseModel):
     prompt: str
     stream: bool = False
     max_tokens: int = 3
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "Request":
+        if self.prompt == "":
+            raise RefusedByValidator("prompt must be non-empty", "prompt")
+        return self
 
 
 class Engine:
@@ -109,6 +123,11 @@ async def test_bad_bodies_and_refusals_have_the_error_shape() -> None:
     assert status == 400 and json.loads(body)["error"]["param"] == "prompt"
     status, body = await _call(api, {"prompt": "refuse", "stream": True})
     assert status == 400 and json.loads(body)["error"]["code"] == "context_length_exceeded"
+    # A validator's own exception (vLLM's for an empty prompt) is a 400 too, not a 500.
+    status, body = await _call(api, {"prompt": ""})
+    error = json.loads(body)["error"]
+    assert status == 400, body
+    assert (error["param"], error["message"]) == ("prompt", "prompt must be non-empty")
 
 
 async def test_queue_limit_counts_requests_before_their_first_token() -> None:
