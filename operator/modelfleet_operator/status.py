@@ -4,8 +4,8 @@
 conflict, the RayService as KubeRay reports it, pods the scheduler cannot place, a
 change waiting for GPUs, the adapters each LLM replica has loaded) to the whole
 status; `status_patch` says what to write, or that nothing changed, so the status is
-written only when it changes. Pure: no
-Kubernetes, Kopf or Ray imports; the clock is passed in.
+written only when it changes. Pure: no Kubernetes, Kopf or Ray imports; the clock is
+passed in.
 """
 
 from __future__ import annotations

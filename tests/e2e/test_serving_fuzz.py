@@ -49,10 +49,10 @@ _MAX_N = 2
 # What each class of answer was, by case kind: printed once the module is done.
 ANSWERS: Counter[str] = Counter()
 
-# The document the code builds; test_the_served_document_is_the_one_fuzzed checks that
-# the running server serves this very document at /openapi.json.
-# Valid bodies and ones that break the schema, from Hypothesis; schemathesis's coverage
-# phase (every boundary of every field, some 2,300 cases here) only in a long run.
+# The document the code builds (test_the_served_document_is_the_one_fuzzed checks that
+# the running server serves this very one at /openapi.json). Valid bodies and ones that
+# break the schema come from Hypothesis; schemathesis's coverage phase (every boundary
+# of every field, some 2,300 cases here) runs only in a long run.
 PHASES = {"coverage": {"enabled": "MODELFLEET_FUZZ_EXAMPLES" in os.environ}}
 schema = schemathesis.openapi.from_dict(
     openapi_document(),
